@@ -1,0 +1,212 @@
+"""The built-in source kinds: bundled names, transformers folders, CTranslate2 folders, openai .pt, hub ids.
+
+Each kind is a ``SourceKind`` (detect + load). Heavy libraries (torch, transformers) are imported
+inside the load functions so that ``import slimwhisper.models`` stays cheap for the CLI.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from slimwhisper.models.api import LoadedModel, LoadOptions, ModelLoadError, SourceKind
+from slimwhisper.models.bundled import BUNDLED, TOKENIZER_FOR_VOCAB
+from slimwhisper.models.cache import DONE_MARKER, cache_root, file_chunks, sha256_of
+
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+PROCESSOR_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json")
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+
+
+# ---- loading a transformers folder (shared by every kind that converts) ---------------------------
+def load_transformers_folder(
+    path: Path, options: LoadOptions, *, source: str, kind: str, name: str | None = None,
+    sha256: str | None = None, extra: dict | None = None,
+) -> LoadedModel:
+    """Load a Whisper folder in float32 with the requested attention and device."""
+    import torch
+    from transformers import GenerationConfig, WhisperForConditionalGeneration, WhisperProcessor
+
+    from slimwhisper.models.slim import spec_from_model
+
+    model = WhisperForConditionalGeneration.from_pretrained(
+        path, dtype=torch.float32, attn_implementation=options.attn_implementation
+    )
+    model = model.to(options.device).eval()
+    extra = dict(extra or {})
+    if any((path / f).exists() for f in PROCESSOR_FILES):
+        processor = WhisperProcessor.from_pretrained(path)
+    else:
+        processor = bundled_processor_for_vocab(model.config.vocab_size, model.config.num_mel_bins, extra)
+    if not (path / "generation_config.json").exists():
+        model.generation_config = GenerationConfig.from_model_config(model.config)
+    return _loaded(model, processor, path=path, source=source, kind=kind, name=name or path.name, sha256=sha256, extra=extra)
+
+
+def _loaded(model, processor, *, path, source, kind, name, sha256, extra) -> LoadedModel:
+    from slimwhisper.models.slim import spec_from_model
+
+    gen = model.generation_config
+    multilingual = bool(getattr(gen, "is_multilingual", model.config.vocab_size >= 51865))
+    extra.setdefault("alignment_heads", getattr(gen, "alignment_heads", None))
+    return LoadedModel(
+        model=model, processor=processor, spec=spec_from_model(model), name=name, source=source, kind=kind,
+        multilingual=multilingual, path=path, sha256=sha256, extra=extra,
+    )
+
+
+def bundled_processor_for_vocab(vocab: int, n_mels: int, extra: dict):
+    """Borrow the bundled tokenizer whose vocabulary size matches (recorded in ``extra``)."""
+    from transformers import WhisperFeatureExtractor, WhisperProcessor
+
+    from slimwhisper.models.convert import build_tokenizer
+
+    donor = TOKENIZER_FOR_VOCAB.get(vocab)
+    if donor is None:
+        raise ModelLoadError(
+            f"no tokenizer beside the weights and no bundled tokenizer for vocabulary size {vocab} "
+            f"(bundled: {TOKENIZER_FOR_VOCAB}); put tokenizer.json next to the weights"
+        )
+    extra["tokenizer_from"] = f"bundled {donor} (vocabulary size {vocab}); no tokenizer was found beside the weights"
+    tokenizer = build_tokenizer(BUNDLED[donor].tokenizer_json())
+    return WhisperProcessor(feature_extractor=WhisperFeatureExtractor(feature_size=n_mels), tokenizer=tokenizer)
+
+
+# ---- CTranslate2 (bundled or a folder) -----------------------------------------------------------
+def _convert_once(
+    out_dir: Path, read_bytes, ct2_config: dict, tokenizer_json: Path | None, record: dict
+) -> None:
+    """Convert unless a finished conversion (with its done-marker) is already cached."""
+    if (out_dir / DONE_MARKER).exists():
+        return
+    from slimwhisper.models.ct2 import CT2FormatError, read_ct2
+    from slimwhisper.models.convert import convert_ct2
+
+    try:
+        ct2 = read_ct2(read_bytes(), label=record.get("model_bin"))
+        if tokenizer_json is None:
+            vocab = int(ct2.get("decoder/embeddings/weight").shape[0])
+            donor = TOKENIZER_FOR_VOCAB.get(vocab)
+            if donor is None:
+                raise CT2FormatError(f"no tokenizer.json beside model.bin and none bundled for vocabulary {vocab}")
+            tokenizer_json = BUNDLED[donor].tokenizer_json()
+            record["tokenizer_from"] = f"bundled {donor} (no tokenizer.json beside model.bin)"
+        convert_ct2(ct2, ct2_config, tokenizer_json, out_dir, record)
+    except CT2FormatError as exc:
+        raise ModelLoadError(f"cannot convert {record.get('model_bin')}: {exc}") from exc
+
+
+def _record(out_dir: Path) -> dict:
+    return json.loads((out_dir / DONE_MARKER).read_text(encoding="utf-8"))
+
+
+def load_bundled(name: str, options: LoadOptions) -> LoadedModel:
+    bundled = BUNDLED[name]
+    sha = bundled.verify()  # before any use, also on a cache hit (cheap: ~0.3 s)
+    out_dir = cache_root(options) / f"{name}-{sha[:16]}"
+    _convert_once(
+        out_dir, bundled.read_verified, bundled.ct2_config(), bundled.tokenizer_json(),
+        {"source": name, "kind": "bundled", "sha256": sha, "model_bin": f"bundled {name} model.bin"},
+    )
+    return load_transformers_folder(out_dir, options, source=name, kind="bundled", name=name, sha256=sha,
+                                    extra={"converted_from": "ctranslate2"})
+
+
+def _is_ct2_dir(source: str) -> bool:
+    p = Path(source)
+    return p.is_dir() and (p / "model.bin").is_file() and (p / "config.json").is_file()
+
+
+def load_ct2_dir(source: str, options: LoadOptions) -> LoadedModel:
+    p = Path(source)
+    model_bin = p / "model.bin"
+    sha = sha256_of(file_chunks([model_bin]))
+    _check_known_sizes(model_bin, sha)
+    out_dir = cache_root(options) / f"ct2-{sha[:16]}"
+    tok = p / "tokenizer.json"
+    ct2_config = json.loads((p / "config.json").read_text(encoding="utf-8"))
+    _convert_once(out_dir, model_bin.read_bytes, ct2_config, tok if tok.is_file() else None,
+                  {"source": str(p.resolve()), "kind": "ct2", "sha256": sha, "model_bin": str(model_bin)})
+    rec = _record(out_dir)
+    extra = {"converted_from": "ctranslate2", **({"tokenizer_from": rec["tokenizer_from"]} if "tokenizer_from" in rec else {})}
+    return load_transformers_folder(out_dir, options, source=source, kind="ct2", name=p.resolve().name, sha256=sha,
+                                    extra=extra)
+
+
+def _check_known_sizes(model_bin: Path, sha: str) -> None:
+    """A model.bin exactly the size of a bundled one but with another hash is a damaged copy of it."""
+    size = model_bin.stat().st_size
+    for b in BUNDLED.values():
+        try:
+            known = sum(path.stat().st_size for path in b.part_paths())
+        except ModelLoadError:
+            continue
+        if size == known and sha != b.sha256:
+            raise ModelLoadError(
+                f"{model_bin} has the size of the bundled {b.name} model.bin ({size} bytes) but sha256 {sha} "
+                f"instead of {b.sha256}: the file is tampered with or corrupt; re-copy it"
+            )
+
+
+# ---- transformers folder, openai .pt, hub id -----------------------------------------------------
+def _is_hf_dir(source: str) -> bool:
+    p = Path(source)
+    cfg = p / "config.json"
+    if not (p.is_dir() and cfg.is_file() and any((p / f).exists() for f in WEIGHT_FILES)):
+        return False
+    try:
+        return json.loads(cfg.read_text(encoding="utf-8")).get("model_type") == "whisper"
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+        return False
+
+
+def load_hf_dir(source: str, options: LoadOptions) -> LoadedModel:
+    p = Path(source)
+    weights = [p / f for f in WEIGHT_FILES if (p / f).is_file()][:1]
+    sha = sha256_of(file_chunks(weights)) if weights else None
+    return load_transformers_folder(p, options, source=source, kind="transformers", name=p.resolve().name, sha256=sha)
+
+
+def _is_pt(source: str) -> bool:
+    return source.endswith(".pt") and Path(source).is_file()
+
+
+def load_pt(source: str, options: LoadOptions) -> LoadedModel:
+    from slimwhisper.models.openai_pt import load_openai_checkpoint
+
+    return load_openai_checkpoint(Path(source), options)
+
+
+def _is_hub_id(source: str) -> bool:
+    return bool(HUB_ID.fullmatch(source)) and not Path(source).exists()
+
+
+def load_hub(source: str, options: LoadOptions) -> LoadedModel:
+    import torch
+    from transformers import WhisperForConditionalGeneration, WhisperProcessor
+
+    try:
+        model = WhisperForConditionalGeneration.from_pretrained(
+            source, dtype=torch.float32, attn_implementation=options.attn_implementation
+        )
+        processor = WhisperProcessor.from_pretrained(source)
+    except (OSError, ValueError) as exc:  # transformers wraps connection / not-found errors in OSError
+        raise ModelLoadError(
+            f"could not load {source!r} from the Hugging Face hub: the hub is not reachable or has no such "
+            f"model ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}). No local folder {source!r} exists "
+            f"either. Pass a local folder or a bundled name ({', '.join(BUNDLED)})."
+        ) from exc
+    model = model.to(options.device).eval()
+    return _loaded(model, processor, path=None, source=source, kind="hub", name=source.split("/")[-1], sha256=None, extra={})
+
+
+BUNDLED_KIND = SourceKind("bundled", lambda s: s in BUNDLED, load_bundled,
+                          f"a bundled model name: {', '.join(BUNDLED)} (offline)")
+LATER_KINDS = (
+    SourceKind("transformers", _is_hf_dir, load_hf_dir,
+               "a local transformers Whisper folder (config.json with model_type whisper + weights)"),
+    SourceKind("ct2", _is_ct2_dir, load_ct2_dir, "a local CTranslate2 folder (model.bin + config.json)"),
+    SourceKind("openai-pt", _is_pt, load_pt, "an openai-whisper checkpoint file (*.pt)"),
+    SourceKind("hub", _is_hub_id, load_hub, "a Hugging Face hub id org/name (needs network)"),
+)

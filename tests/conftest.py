@@ -1,0 +1,33 @@
+"""Shared fixtures. Keep additive: each fixture is small and documented."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def tiny_en():
+    """The real tiny.en (converted once into the default per-user cache, reused across runs)."""
+    from slimwhisper.models import load_model
+
+    return load_model("tiny.en")
+
+
+@pytest.fixture(scope="session")
+def base_model():
+    """The real multilingual base (use only from @pytest.mark.slow tests)."""
+    from slimwhisper.models import load_model
+
+    return load_model("base")
+
+
+@pytest.fixture
+def tiny_random():
+    """A fresh tiny random Whisper with the real tiny.en processor (see slimwhisper.models.testing)."""
+    from slimwhisper.models.testing import tiny_random_loaded
+
+    return tiny_random_loaded()
