@@ -1,0 +1,286 @@
+"""Speech datasets: a manifest of (id, audio path, reference text) read lazily as 16 kHz mono float32.
+
+``load_dataset(path)`` asks each registered ``DataFormat`` (a ``detect`` predicate and a ``list``
+function) in order; a new layout is one ``register_format`` call. Listing reads only the text
+files and checks that every audio file exists, so errors come early and name the file and line;
+decoding audio happens while iterating. With ``skip_bad=True`` bad lines and unreadable audio
+are skipped and counted in ``Dataset.skipped`` instead of raising.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from slimwhisper.audio import SAMPLE_RATE, AudioError, read_audio
+
+log = logging.getLogger(__name__)
+
+MANIFEST_NAME = "transcripts.tsv"
+META_NAME = "dataset.json"  # optional: {"synthetic": true, "description": ...}
+
+
+class DataError(ValueError):
+    """Bad dataset input; the message names the file (and line) and what to do."""
+
+
+@dataclass(frozen=True)
+class Item:
+    """One listed utterance before its audio is read; ``where`` is ``file:line`` for messages."""
+
+    id: str
+    path: Path
+    text: str | None
+    where: str
+
+
+@dataclass
+class Utterance:
+    id: str
+    audio: np.ndarray  # float32, 16 kHz, mono
+    text: str | None  # None: no reference (calibration audio)
+    path: Path
+    seconds: float
+
+
+@dataclass
+class Problems:
+    """Collects bad items: raises on the first one unless skipping, then only counts."""
+
+    skip: bool
+    messages: list[str] = field(default_factory=list)
+
+    def bad(self, message: str) -> None:
+        if not self.skip:
+            raise DataError(f"{message} (pass --skip-bad / skip_bad=True to skip bad items)")
+        log.debug("skipping: %s", message)
+        self.messages.append(message)
+
+
+@dataclass
+class Dataset:
+    """Sized iterable of ``Utterance``; audio is decoded on iteration."""
+
+    name: str
+    root: Path
+    format: str
+    items: list[Item]
+    problems: Problems
+    meta: dict = field(default_factory=dict)
+    _warned: bool = field(default=False, repr=False)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    @property
+    def skipped(self) -> int:
+        return len(self.problems.messages)
+
+    @property
+    def synthetic(self) -> bool:
+        return bool(self.meta.get("synthetic", False))
+
+    @property
+    def label(self) -> str:
+        """Name for reports; synthetic sets say so wherever their figures appear."""
+        return f"{self.name} (synthetic)" if self.synthetic else self.name
+
+    @property
+    def has_references(self) -> bool:
+        return any(item.text is not None for item in self.items)
+
+    def __iter__(self) -> Iterator[Utterance]:
+        for item in self.items:
+            utt = self.read(item)
+            if utt is not None:
+                yield utt
+
+    def read(self, item: Item) -> Utterance | None:
+        """Decode one item; None when it is bad and the dataset skips bad items."""
+        try:
+            audio, info = read_audio(item.path)
+        except AudioError as exc:
+            self.problems.bad(f"{item.where}: {exc}")
+            return None
+        if info.converted and not self._warned:
+            # Said once per dataset: converting is correct but costs time and may hide a mix-up.
+            log.warning("%s: converting audio (%s, first seen in %s)", self.name, info.describe(), item.path.name)
+            self._warned = True
+        return Utterance(item.id, audio, item.text, item.path, audio.size / SAMPLE_RATE)
+
+
+@dataclass(frozen=True)
+class DataFormat:
+    name: str
+    detect: Callable[[Path], bool]
+    list: Callable[[Path, Problems], list[Item]]
+    describe: str = ""
+
+
+_FORMATS: list[DataFormat] = []
+
+
+def register_format(fmt: DataFormat) -> DataFormat:
+    if any(f.name == fmt.name for f in _FORMATS):
+        raise ValueError(f"data format {fmt.name!r} registered twice")
+    _FORMATS.append(fmt)
+    return fmt
+
+
+def data_formats() -> list[DataFormat]:
+    return list(_FORMATS)
+
+
+def load_dataset(path: Path | str, limit: int | None = None, skip_bad: bool = False) -> Dataset:
+    """List the dataset at ``path`` (manifest file or folder); ``limit`` keeps the first N items."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"no dataset at {path}: pass a transcripts .tsv or a folder holding one")
+    if limit is not None and limit < 1:
+        raise DataError(f"limit must be >= 1, got {limit}")
+    fmt = next((f for f in _FORMATS if f.detect(path)), None)
+    if fmt is None:
+        known = "; ".join(f"{f.name}: {f.describe}" for f in _FORMATS)
+        raise DataError(f"{path}: not a dataset layout slimwhisper reads ({known})")
+    problems = Problems(skip=skip_bad)
+    items = fmt.list(path, problems)
+    if limit is not None:
+        items = items[:limit]
+    if not items:
+        raise DataError(f"{path}: no usable utterances found ({fmt.name} layout)")
+    root = path if path.is_dir() else path.parent
+    name = root.name if path.is_dir() or path.name == MANIFEST_NAME else f"{root.name}/{path.stem}"
+    return Dataset(name=name, root=root, format=fmt.name, items=items, problems=problems, meta=_read_meta(root))
+
+
+def _read_meta(root: Path) -> dict:
+    meta_path = root / META_NAME
+    if not meta_path.is_file():
+        return {}
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{meta_path}: not valid JSON ({exc}); fix or delete it") from exc
+    if not isinstance(meta, dict):
+        raise DataError(f"{meta_path}: expected a JSON object")
+    return meta
+
+
+def _read_lines(path: Path) -> list[str]:
+    try:
+        return path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"cannot read {path}: {exc}") from exc
+
+
+def _check_audio(item: Item, problems: Problems) -> Item | None:
+    if item.path.is_file():
+        return item
+    problems.bad(f"{item.where}: audio file {item.path} does not exist")
+    return None
+
+
+# ---- TSV manifest: id<TAB>relative path<TAB>text (empty text = no reference) -------------------
+
+
+def _list_tsv(manifest: Path, problems: Problems) -> list[Item]:
+    items: list[Item] = []
+    seen: dict[str, str] = {}
+    for lineno, line in enumerate(_read_lines(manifest), start=1):
+        where = f"{manifest}:{lineno}"
+        if not line.strip():
+            continue  # blank lines (e.g. a trailing newline) carry nothing
+        fields = line.split("\t")
+        if len(fields) not in (2, 3) or not fields[0].strip() or not fields[1].strip():
+            problems.bad(f"{where}: expected 'id<TAB>audio path<TAB>text', got {line[:80]!r}")
+            continue
+        uid, rel = fields[0].strip(), fields[1].strip()
+        if uid in seen:
+            problems.bad(f"{where}: duplicate id {uid!r} (first at {seen[uid]})")
+            continue
+        seen[uid] = where
+        text = fields[2].strip() if len(fields) == 3 and fields[2].strip() else None
+        item = _check_audio(Item(uid, manifest.parent / rel, text, where), problems)
+        if item is not None:
+            items.append(item)
+    return items
+
+
+def _list_tsv_folder(folder: Path, problems: Problems) -> list[Item]:
+    return _list_tsv(folder / MANIFEST_NAME, problems)
+
+
+# ---- LibriSpeech: <speaker>/<chapter>/<spk>-<ch>.trans.txt with "ID TEXT" lines + ID.flac --------
+
+
+def _list_librispeech(folder: Path, problems: Problems) -> list[Item]:
+    items: list[Item] = []
+    for trans in sorted(folder.rglob("*.trans.txt")):
+        for lineno, line in enumerate(_read_lines(trans), start=1):
+            if not line.strip():
+                continue
+            uid, _, text = line.strip().partition(" ")
+            where = f"{trans}:{lineno}"
+            if not text.strip():
+                problems.bad(f"{where}: expected 'ID TEXT', got {line[:80]!r}")
+                continue
+            item = _check_audio(Item(uid, trans.parent / f"{uid}.flac", text.strip(), where), problems)
+            if item is not None:
+                items.append(item)
+    return items
+
+
+# ---- LJSpeech: metadata.csv "id|text|normalized text" + wavs/<id>.wav ------------------------------
+
+
+def _list_ljspeech(folder: Path, problems: Problems) -> list[Item]:
+    items: list[Item] = []
+    meta = folder / "metadata.csv"
+    for lineno, line in enumerate(_read_lines(meta), start=1):
+        if not line.strip():
+            continue
+        fields = line.split("|")
+        where = f"{meta}:{lineno}"
+        if len(fields) < 2 or not fields[0].strip() or not any(f.strip() for f in fields[1:]):
+            problems.bad(f"{where}: expected 'id|text|normalized text', got {line[:80]!r}")
+            continue
+        # The raw column (numerals, punctuation) is what Whisper writes; the Whisper normaliser
+        # then treats both sides alike. The "normalized" column spells numbers out, which the
+        # normaliser would not undo reliably, so it is only a fallback.
+        text = fields[1] if fields[1].strip() else fields[-1]
+        uid = fields[0].strip()
+        item = _check_audio(Item(uid, folder / "wavs" / f"{uid}.wav", text.strip(), where), problems)
+        if item is not None:
+            items.append(item)
+    return items
+
+
+register_format(
+    DataFormat("tsv", lambda p: p.is_file(), _list_tsv, "a file with id<TAB>path<TAB>text lines")
+)
+register_format(
+    DataFormat(
+        "tsv-folder", lambda p: (p / MANIFEST_NAME).is_file(), _list_tsv_folder, f"a folder with {MANIFEST_NAME}"
+    )
+)
+register_format(
+    DataFormat(
+        "ljspeech",
+        lambda p: (p / "metadata.csv").is_file() and (p / "wavs").is_dir(),
+        _list_ljspeech,
+        "a folder with metadata.csv and wavs/",
+    )
+)
+register_format(
+    DataFormat(
+        "librispeech",
+        lambda p: p.is_dir() and next(p.rglob("*.trans.txt"), None) is not None,
+        _list_librispeech,
+        "a folder tree with *.trans.txt and .flac files",
+    )
+)
