@@ -1,0 +1,211 @@
+"""Calibration data and the teacher-forced loss every gradient-based score differentiates.
+
+The loss is Whisper's training objective: cross-entropy of the next token, teacher-forced on
+``<|startoftranscript|> [<|en|><|transcribe|>] <|notimestamps|> text <|endoftext|>`` and counted
+only on the text and end-of-text positions (the prefix is forced at inference, so its
+likelihood carries no information about the weights we might remove).
+
+Label-free calibration: an utterance without a reference is labelled with the DENSE model's own
+greedy transcript, computed once before any pruning, so the scores measure how far a weight
+matters for reproducing the dense model's output (a self-distillation target, as in
+"Pruning as Regularization", arXiv 2511.08092, which also calibrates on unlabeled audio).
+
+Examples are kept at batch size 1 on purpose: the empirical Fisher and the per-sample Taylor
+term need per-utterance gradients, which a batched backward would sum away.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+
+if TYPE_CHECKING:
+    from slimwhisper.models.api import LoadedModel
+
+SAMPLE_RATE = 16_000
+MAX_NEW_TOKENS = 200  # Whisper's text context is 448; a 30 s window rarely needs more than ~200
+
+
+class CalibError(ValueError):
+    """Calibration data is unusable; the message says what to fix."""
+
+
+@dataclass(frozen=True)
+class CalibConfig:
+    """Which utterances calibrate the scores.
+
+    ``label_free``: True ignores references and labels every utterance with the dense model's
+    greedy transcript; False requires a reference for every utterance; None (default) uses the
+    reference when there is one and the dense transcript otherwise.
+    """
+
+    data: str
+    n: int = 32
+    seed: int = 0
+    label_free: bool | None = None
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not isinstance(self.data, str) or not self.data:
+            problems.append("calib.data must be a dataset path (a folder with transcripts.tsv or a .tsv file)")
+        if not isinstance(self.n, int) or isinstance(self.n, bool) or self.n < 1:
+            problems.append(f"calib.n must be an int >= 1, got {self.n!r}")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
+            problems.append(f"calib.seed must be an int, got {self.seed!r}")
+        if self.label_free not in (None, True, False):
+            problems.append(f"calib.label_free must be true, false or null, got {self.label_free!r}")
+        if problems:
+            raise CalibError("invalid calibration config:\n  - " + "\n  - ".join(problems))
+
+
+@dataclass
+class CalibExample:
+    """One utterance ready for a teacher-forced forward pass."""
+
+    id: str
+    features: torch.Tensor  # (1, n_mels, 3000) log-mel
+    tokens: torch.Tensor  # (1, L) prefix + text + eot
+    n_prefix: int  # loss is counted on target positions >= n_prefix
+    pseudo: bool  # True when the text is the dense model's own transcript
+
+
+def prefix_tokens(loaded: LoadedModel) -> list[int]:
+    """Decoder prompt: SOT [+ language + task for multilingual models] + no-timestamps."""
+    tok = loaded.processor.tokenizer
+    names = ["<|startoftranscript|>"]
+    if loaded.multilingual:
+        names += ["<|en|>", "<|transcribe|>"]
+    names.append("<|notimestamps|>")
+    ids = tok.convert_tokens_to_ids(names)
+    bad = [n for n, i in zip(names, ids, strict=True) if i is None or i == tok.unk_token_id]
+    if bad:
+        raise CalibError(f"tokenizer of {loaded.name} lacks special tokens {bad}")
+    return list(ids)
+
+
+def eot_id(loaded: LoadedModel) -> int:
+    return int(loaded.processor.tokenizer.convert_tokens_to_ids("<|endoftext|>"))
+
+
+def features_of(loaded: LoadedModel, audio) -> torch.Tensor:
+    fe = loaded.processor.feature_extractor
+    feats = fe(audio, sampling_rate=SAMPLE_RATE, return_tensors="pt").input_features
+    param = next(loaded.model.parameters())
+    return feats.to(device=param.device, dtype=param.dtype)
+
+
+@torch.no_grad()
+def greedy_transcript(loaded: LoadedModel, features: torch.Tensor, max_new_tokens: int = MAX_NEW_TOKENS) -> list[int]:
+    """Greedy text tokens of the model (no timestamps), with a KV cache.
+
+    Only text tokens (ids below end-of-text in Whisper's vocabulary) and end-of-text may be
+    chosen, as Whisper's own decoder suppresses specials when no timestamps are asked for.
+    """
+    model, eot = loaded.model, eot_id(loaded)
+    enc = model.model.encoder(features)
+    ids = torch.tensor([prefix_tokens(loaded)], device=features.device)
+    out: list[int] = []
+    past = None
+    step = ids
+    for _ in range(max_new_tokens):
+        res = model(encoder_outputs=enc, decoder_input_ids=step, past_key_values=past, use_cache=True)
+        past = res.past_key_values
+        logits = res.logits[0, -1]
+        logits[eot + 1 :] = float("-inf")
+        nxt = int(logits.argmax())
+        if nxt == eot:
+            break
+        out.append(nxt)
+        step = torch.tensor([[nxt]], device=features.device)
+    return out
+
+
+def text_tokens(loaded: LoadedModel, text: str) -> list[int]:
+    # Whisper transcripts start with a space token, as in training data.
+    return list(loaded.processor.tokenizer.encode(" " + text.strip(), add_special_tokens=False))
+
+
+def _select(config: CalibConfig) -> list:
+    """``config.n`` utterances drawn with ``config.seed``; only the chosen ones are decoded."""
+    from slimwhisper.data import DataError, load_dataset
+
+    try:
+        ds = load_dataset(config.data)
+    except DataError as exc:
+        raise CalibError(f"calibration data: {exc}") from exc
+    items = list(ds.items)
+    if len(items) > config.n:
+        items = random.Random(config.seed).sample(items, config.n)
+    utts = [u for u in (ds.read(item) for item in sorted(items, key=lambda i: i.id)) if u is not None]
+    if not utts:
+        raise CalibError(f"calibration data {config.data!r} holds no usable utterances: need at least 1")
+    return utts
+
+
+def prepare(loaded: LoadedModel, config: CalibConfig, utterances=None) -> list[CalibExample]:
+    """Features and label tokens for ``config.n`` utterances (dense pseudo-labels where needed).
+
+    Call this on the DENSE model before any pruning: pseudo-labels come from ``loaded.model``.
+    ``utterances`` bypasses loading (tests, or callers that already hold the data).
+    """
+    utts = list(utterances) if utterances is not None else _select(config)
+    if not utts:
+        raise CalibError("calibration needs at least 1 utterance, got 0")
+    missing = [u.id for u in utts if not (u.text or "").strip()]
+    if config.label_free is False and missing:
+        raise CalibError(
+            f"{len(missing)} calibration utterances have no reference text (e.g. {missing[:3]}); "
+            "pass label_free=None/True to label them with the dense model's transcript"
+        )
+    prefix, eot = prefix_tokens(loaded), eot_id(loaded)
+    was_training = loaded.model.training
+    loaded.model.eval()
+    out = []
+    for u in utts:
+        feats = features_of(loaded, u.audio)
+        use_model = config.label_free is True or not (u.text or "").strip()
+        text = greedy_transcript(loaded, feats) if use_model else text_tokens(loaded, u.text)
+        tokens = torch.tensor([prefix + text + [eot]], device=feats.device)
+        out.append(CalibExample(u.id, feats, tokens, len(prefix), use_model))
+    loaded.model.train(was_training)
+    return out
+
+
+def example_loss(model, ex: CalibExample) -> torch.Tensor:
+    """Mean cross-entropy over the text + end-of-text targets of one example."""
+    inputs, targets = ex.tokens[:, :-1], ex.tokens[:, 1:]
+    logits = model(input_features=ex.features, decoder_input_ids=inputs).logits
+    keep = slice(ex.n_prefix - 1, None)  # target position i predicts tokens[i+1]
+    return torch.nn.functional.cross_entropy(logits[0, keep].float(), targets[0, keep])
+
+
+def per_example_grads(model, examples: list[CalibExample], params: dict[str, torch.nn.Parameter], progress=None) -> Iterator[tuple[float, dict[str, torch.Tensor]]]:
+    """Yield (loss, {name: grad}) for each example, one backward per utterance.
+
+    Dropout is off (eval mode) so the gradients are those of the deterministic model that will
+    be pruned. Only ``params`` require grad during the pass, to save memory and time.
+    """
+    was_training = model.training
+    model.eval()
+    flags = {n: p.requires_grad for n, p in model.named_parameters()}
+    wanted = {id(p) for p in params.values()}
+    for p in model.parameters():
+        p.requires_grad_(id(p) in wanted)
+    try:
+        for ex in examples:
+            model.zero_grad(set_to_none=True)
+            loss = example_loss(model, ex)
+            loss.backward()
+            grads = {n: (p.grad if p.grad is not None else torch.zeros_like(p)) for n, p in params.items()}
+            yield float(loss.detach()), grads
+            if progress is not None:
+                progress()
+    finally:
+        model.zero_grad(set_to_none=True)
+        for n, p in model.named_parameters():
+            p.requires_grad_(flags[n])
+        model.train(was_training)

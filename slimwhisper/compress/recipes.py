@@ -1,0 +1,89 @@
+"""Named pruning recipes: an ``AllocConfig`` + ``ScoreConfig`` preset registered by name.
+
+``slimwhisper prune --recipe NAME`` uses one; adding a recipe is one ``register_recipe`` call.
+The first two follow "Pruning as Regularization" (arXiv 2511.08092), which found Whisper's
+decoder self-attention and the top encoder layers the least sensitive components.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from slimwhisper.compress.allocate import AllocConfig, Threshold
+from slimwhisper.compress.scores import ScoreConfig
+
+
+class RecipeError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    alloc: AllocConfig
+    score: ScoreConfig
+    describe: str
+
+
+RECIPES: dict[str, Recipe] = {}
+
+
+def register_recipe(recipe: Recipe) -> Recipe:
+    if recipe.name in RECIPES:
+        raise ValueError(f"recipe {recipe.name!r} registered twice")
+    RECIPES[recipe.name] = recipe
+    return recipe
+
+
+def get_recipe(name: str) -> Recipe:
+    if name not in RECIPES:
+        listing = "\n  ".join(f"{r.name}: {r.describe}" for r in RECIPES.values())
+        raise RecipeError(f"unknown recipe {name!r}; known recipes:\n  {listing}")
+    return RECIPES[name]
+
+
+_FISHER = ScoreConfig("fisher")
+_MAG = ScoreConfig("magnitude")
+
+register_recipe(
+    Recipe(
+        "dec-self-attn-50",
+        AllocConfig(components=(("decoder.self_attn", 0.5),)),
+        _FISHER,
+        "50% of the heads of every decoder self-attention (lowest Fisher first)",
+    )
+)
+register_recipe(
+    Recipe(
+        "enc-last4-heads-50",
+        AllocConfig(components=(("encoder[-4:].self_attn", 0.5),)),
+        _FISHER,
+        "50% of the heads of the last four encoder layers (lowest Fisher first)",
+    )
+)
+for _score in (_FISHER, _MAG):
+    for _thr in Threshold:
+        register_recipe(
+            Recipe(
+                f"{_thr.value}-30-{_score.name}",
+                AllocConfig(threshold=_thr, target_params=0.30),
+                _score,
+                f"30% of the encoder+decoder layer parameters (heads + FFN neurons), {_thr.value} threshold, {_score.name} scores",
+            )
+        )
+register_recipe(
+    Recipe(
+        "drop-enc-2",
+        AllocConfig(drop_encoder_layers=2),
+        _FISHER,
+        "drop the 2 encoder layers with the lowest Fisher saliency",
+    )
+)
+register_recipe(
+    Recipe(
+        "drop-dec-1",
+        AllocConfig(drop_decoder_layers=1),
+        _FISHER,
+        "drop the decoder layer with the lowest Fisher saliency",
+    )
+)
