@@ -1,0 +1,155 @@
+"""Transcription (windowing, timing, tokens, decode settings) and evaluation (JSON shape, skip-bad)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from slimwhisper.audio import SAMPLE_RATE
+from slimwhisper.data import load_dataset
+from slimwhisper.evaluate import EvalConfig, EvalError, evaluate, run_eval, write_json_atomic
+from slimwhisper.transcribe import (
+    BACKENDS,
+    DecodeConfig,
+    DecodeError,
+    TorchTranscriber,
+    Transcriber,
+    make_transcriber,
+    split_windows,
+)
+
+DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
+FAST = DecodeConfig(max_new_tokens=4)  # random weights never emit EOS; bound the work
+
+
+def noise(seconds: float, seed: int = 0) -> np.ndarray:
+    return (0.1 * np.random.default_rng(seed).standard_normal(int(seconds * SAMPLE_RATE))).astype(np.float32)
+
+
+def write_set(folder: Path, rows: list[tuple[str, str | None]]) -> Path:
+    (folder / "audio").mkdir(parents=True, exist_ok=True)
+    lines = []
+    for i, (uid, text) in enumerate(rows):
+        sf.write(folder / "audio" / f"{uid}.flac", noise(1.0, i), SAMPLE_RATE)
+        lines.append(f"{uid}\taudio/{uid}.flac\t{text or ''}")
+    (folder / "transcripts.tsv").write_text("\n".join(lines) + "\n")
+    return folder
+
+
+def test_split_windows_covers_all_audio():
+    assert [w.size for w in split_windows(noise(70))] == [480_000, 480_000, 160_000]
+    assert len(split_windows(noise(60))) == 2
+    assert split_windows(np.zeros(0, np.float32)) == []
+
+
+def test_long_audio_is_transcribed_in_30s_windows(tiny_random):
+    tr = TorchTranscriber(tiny_random, FAST)
+    assert isinstance(tr, Transcriber)
+    out = tr.transcribe(noise(70))
+    assert out.windows == 3 and len(out.window_texts) == 3
+    assert 0 < out.encoder_s <= out.total_s
+    assert len(out.tokens) <= 3 * FAST.max_new_tokens  # random weights may emit only specials
+    special = set(tiny_random.processor.tokenizer.all_special_ids)
+    assert not special & set(out.tokens)
+    assert out.text == " ".join(t for t in out.window_texts if t)
+
+
+def test_beam_search_runs(tiny_random):
+    out = TorchTranscriber(tiny_random, DecodeConfig(beam=2, max_new_tokens=3)).transcribe(noise(2))
+    assert out.windows == 1 and len(out.tokens) <= 3
+
+
+def test_empty_audio_gives_empty_transcript(tiny_random):
+    out = TorchTranscriber(tiny_random, FAST).transcribe(np.zeros(0, np.float32))
+    assert out.text == "" and out.windows == 0 and out.tokens == []
+
+
+def test_decode_config_reports_every_problem():
+    with pytest.raises(DecodeError) as err:
+        DecodeConfig(beam=0, task="summarise", max_new_tokens=0)
+    message = str(err.value)
+    assert "beam" in message and "task" in message and "max_new_tokens" in message
+
+
+def test_english_only_model_refuses_other_language(tiny_random):
+    with pytest.raises(DecodeError, match="English-only"):
+        TorchTranscriber(tiny_random, DecodeConfig(language="de"))
+    TorchTranscriber(tiny_random, DecodeConfig(language="en"))  # "en" is fine
+
+
+def test_backend_registry():
+    assert set(BACKENDS) >= {"torch", "bundle"}
+    with pytest.raises(DecodeError, match="unknown backend"):
+        make_transcriber("tensorflow", "x")
+    with pytest.raises(DecodeError, match="bundle decodes with the settings"):
+        make_transcriber("bundle", "somewhere", DecodeConfig(beam=4))
+
+
+def test_eval_config_validation():
+    with pytest.raises(EvalError) as err:
+        EvalConfig(data=Path("d"), model="tiny.en", bundle=Path("b"), limit=0, threads=0)
+    assert "exactly one of model" in str(err.value) and "limit" in str(err.value) and "threads" in str(err.value)
+    assert EvalConfig(data=Path("d"), bundle=Path("b")).backend == "bundle"
+
+
+def test_evaluate_json_shape_and_skip_bad(tmp_path, tiny_random):
+    write_set(tmp_path, [("a", "hello world"), ("b", "good morning"), ("c", None)])
+    (tmp_path / "audio" / "b.flac").write_bytes(b"broken")
+    ds = load_dataset(tmp_path, skip_bad=True)
+    config = EvalConfig(data=tmp_path, model="tiny-random", skip_bad=True, decode=FAST)
+    result = evaluate(TorchTranscriber(tiny_random, FAST), ds, config, progress=False)
+    doc = json.loads(json.dumps(result.to_json()))  # must be plain JSON
+    assert doc["model"] == "tiny-random" and doc["data"] == tmp_path.name and doc["synthetic"] is False
+    assert doc["n"] == 1 and doc["skipped"] == 1 and doc["unscored"] == 1
+    assert "transcripts.tsv:2" in doc["skipped_reasons"][0]
+    assert doc["wer"] == result.wer and doc["wer"] >= 0 and doc["cer"] >= 0
+    assert doc["config"]["decode"]["max_new_tokens"] == 4 and doc["config"]["skip_bad"] is True
+    (utt,) = doc["utterances"]
+    assert {"id", "ref", "hyp", "seconds", "total_s", "encoder_s", "tokens", "windows"} <= set(utt)
+    assert utt["id"] == "a" and utt["ref"] == "hello world"
+    assert doc["timing"]["audio_s"] == pytest.approx(1.0)
+    assert "WER" in result.summary() and "1 skipped" in result.summary()
+
+
+def test_bad_item_without_skip_fails_with_line(tmp_path, tiny_random):
+    write_set(tmp_path, [("a", "x"), ("b", "y")])
+    (tmp_path / "audio" / "b.flac").write_bytes(b"broken")
+    with pytest.raises(ValueError, match=r"transcripts.tsv:2"):
+        evaluate(TorchTranscriber(tiny_random, FAST), load_dataset(tmp_path), progress=False)
+
+
+def test_unlabelled_set_is_refused_before_loading_a_model(tmp_path):
+    write_set(tmp_path, [("a", None)])
+    with pytest.raises(EvalError, match="no reference texts"):
+        run_eval(EvalConfig(data=tmp_path, model="no-such-model-is-loaded"))
+
+
+def test_synthetic_sets_are_labelled(tmp_path, tiny_random):
+    write_set(tmp_path, [("a", "hello")])
+    (tmp_path / "dataset.json").write_text('{"synthetic": true}')
+    result = evaluate(TorchTranscriber(tiny_random, FAST), load_dataset(tmp_path), progress=False)
+    assert result.to_json()["synthetic"] is True and "(synthetic)" in result.summary()
+
+
+def test_write_json_atomic(tmp_path):
+    with pytest.raises(EvalError, match="does not exist"):
+        write_json_atomic({"a": 1}, tmp_path / "missing" / "o.json")
+    assert not (tmp_path / "missing").exists()
+    target = tmp_path / "o.json"
+    write_json_atomic({"a": 1}, target)
+    assert json.loads(target.read_text()) == {"a": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["o.json"]  # no temp files left behind
+
+
+@pytest.mark.data
+def test_tiny_en_on_librispeech_mini(tiny_en):
+    mini = DATA / "librispeech-clean-mini"
+    if not (mini / "transcripts.tsv").is_file():
+        pytest.skip(f"no real data at {mini}")
+    result = evaluate(TorchTranscriber(tiny_en), load_dataset(mini, limit=3), progress=False)
+    assert result.n == 3
+    assert result.wer < 0.3, result.summary()
