@@ -1,0 +1,228 @@
+"""``slimwhisper bench``: measure every (target, backend) entry on the same clips and write the report.
+
+Order of work: resolve targets -> open every runner (load time) -> static metrics -> accuracy
+pass (also the warm-up) -> alternating timing passes -> one fresh child per entry for memory ->
+write report.json / report.md / transcripts.jsonl / plots into a temp folder, renamed to --out.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from slimwhisper.bench.backends import (
+    DEFAULT_BACKEND,
+    BackendUnavailable,
+    Runner,
+    get_backend,
+    unavailable_reason,
+)
+from slimwhisper.bench.config import BenchConfig, BenchError
+from slimwhisper.bench.targets import Target, resolve_target
+
+OK, UNAVAILABLE, FAILED = "ok", "not available", "failed"
+
+
+@dataclass
+class Entry:
+    target: Target
+    backend: str
+    status: str = OK
+    reason: str | None = None
+    runner: Runner | None = field(default=None, repr=False)
+    load_s: float | None = None
+    static: dict[str, Any] = field(default_factory=dict)
+    results: list = field(default_factory=list, repr=False)
+    timing: dict[str, Any] = field(default_factory=dict)
+    accuracy: dict[str, Any] = field(default_factory=dict)
+    memory: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def id(self) -> str:
+        return f"{self.target.label} [{self.backend}]"
+
+    def mark(self, status: str, reason: str) -> None:
+        self.status, self.reason, self.runner = status, reason, None
+
+
+def plan_entries(config: BenchConfig) -> tuple[list[Entry], list[dict[str, str]]]:
+    """Every target x every backend that reads its kind; the rest is listed as not applicable."""
+    labels = config.labels or (None,) * len(config.targets)
+    targets = [resolve_target(src, label) for src, label in zip(config.targets, labels, strict=True)]
+    entries, skipped = [], []
+    for target in targets:
+        names = config.backends or (DEFAULT_BACKEND[target.kind],)
+        mine = [n for n in names if get_backend(n).reads == target.kind]
+        for name in names:
+            if name not in mine:
+                skipped.append({"target": target.label, "backend": name,
+                                "reason": f"not applicable: {name} reads {get_backend(name).reads}s, {target.source} is a {target.kind}"})
+        if not mine:
+            raise BenchError(f"no chosen backend reads {target.source} (a {target.kind}); add --backend "
+                             f"{DEFAULT_BACKEND[target.kind]}")
+        entries += [Entry(target, get_backend(n).name) for n in dict.fromkeys(mine)]
+    return entries, skipped
+
+
+@contextlib.contextmanager
+def user_errors(target: Target) -> Iterator[None]:
+    """A model or bundle that cannot be read is the user's input error (exit 2), not a failed entry."""
+    from slimwhisper.models.api import ModelLoadError
+    from slimwhisper.runtime import BundleError
+
+    try:
+        yield
+    except (ModelLoadError, BundleError, FileNotFoundError) as exc:
+        raise BenchError(f"cannot read {target.source}: {exc}") from exc
+
+
+def open_entries(entries: list[Entry], threads: int, context: int, say: Callable[[str], None]) -> None:
+    """Load each runner (timed) and read static metrics; a backend that cannot run says why."""
+    from slimwhisper.bench.static import bundle_static, model_static
+
+    statics: dict[int, dict[str, Any]] = {}
+    for entry in entries:
+        kind = get_backend(entry.backend)
+        reason = unavailable_reason(kind)
+        if reason:
+            entry.mark(UNAVAILABLE, reason)
+        else:
+            say(f"loading {entry.id}")
+            t0 = time.perf_counter()
+            try:
+                with user_errors(entry.target):
+                    entry.runner = kind.open(entry.target, threads)
+                entry.load_s = time.perf_counter() - t0
+            except BackendUnavailable as exc:
+                entry.mark(UNAVAILABLE, str(exc))
+            except (BenchError, KeyboardInterrupt):
+                raise
+            except Exception as exc:  # noqa: BLE001 - recorded in the report as this entry's failure
+                entry.mark(FAILED, f"{type(exc).__name__}: {exc}")
+        key = id(entry.target)
+        if key not in statics:  # per target: the same weights whichever backend runs them
+            with user_errors(entry.target):
+                if entry.target.kind == "model":
+                    loaded = entry.target.load("cpu")
+                    statics[key] = model_static(loaded.model, loaded.spec, context)
+                    statics[key]["sha256"] = loaded.sha256
+                else:
+                    statics[key] = bundle_static(entry.target.manifest(), context)
+        entry.static = dict(statics[key])
+        if entry.runner is not None:
+            entry.static["file_bytes"] = entry.runner.info.get("files_bytes")
+
+
+def load_clips(config: BenchConfig):
+    from slimwhisper.bench.timing import Clip
+    from slimwhisper.data import DataError, load_dataset
+
+    try:
+        dataset = load_dataset(config.data, limit=config.limit)
+        clips = [Clip(u.id, u.audio, u.text or "", u.seconds) for u in dataset]
+    except DataError as exc:
+        raise BenchError(str(exc)) from exc
+    if not clips:
+        raise BenchError(f"{config.data} yielded no readable clips; check the paths in its transcripts file")
+    return dataset, clips
+
+
+def score_entries(entries: list[Entry], clips) -> None:
+    """WER/CER against the references, and agreement with the reference (first) entry's text."""
+    from slimwhisper.text import ScoreError, score
+
+    ok = [e for e in entries if e.status == OK]
+    if not ok:
+        return
+    ref = ok[0]
+    for entry in ok:
+        hyps = [r.text for r in entry.results]
+        acc: dict[str, Any] = {"reference_entry": ref.id}
+        try:
+            s = score([c.text for c in clips], hyps)
+            acc.update(wer=s.wer, cer=s.cer, words=s.n_words, substitutions=s.substitutions,
+                       deletions=s.deletions, insertions=s.insertions)
+        except ScoreError as exc:
+            acc["wer_error"] = str(exc)
+        try:
+            agree = score([r.text for r in ref.results], hyps)
+            acc["agreement_wer"] = agree.wer
+        except ScoreError as exc:
+            acc["agreement_error"] = str(exc)
+        acc["same_text"] = sum(a.text == b.text for a, b in zip(ref.results, entry.results, strict=True)) / len(clips)
+        entry.accuracy = acc
+
+
+def measure_memory(entries: list[Entry], clip, threads: int, say: Callable[[str], None]) -> None:
+    import numpy as np
+
+    from slimwhisper.bench.memory import measure_fresh
+
+    with tempfile.TemporaryDirectory(prefix="slimwhisper-bench-") as tmp:
+        audio = Path(tmp) / "clip.npy"
+        np.save(audio, np.asarray(clip.audio, dtype=np.float32))
+        for entry in entries:
+            if entry.status != OK:
+                continue
+            say(f"memory: fresh process for {entry.id}")
+            try:
+                entry.memory = measure_fresh(entry.backend, entry.target.source, audio, threads)
+                entry.memory["clip"] = clip.id
+            except RuntimeError as exc:
+                entry.memory = {"error": str(exc)}
+
+
+def run_bench(config: BenchConfig, *, progress: bool = True, say: Callable[[str], None] = print,
+              argv: list[str] | None = None) -> dict[str, Any]:
+    """Measure everything ``config`` asks for and write the report folder; returns report.json's dict."""
+    from slimwhisper.bench.machine import machine_info
+    from slimwhisper.bench.report import build_report, write_report
+    from slimwhisper.bench.timing import accuracy_pass, timing_passes
+    from slimwhisper.progress import progress_bar
+
+    machine = machine_info(config.threads, argv)
+    entries, skipped = plan_entries(config)
+    dataset, clips = load_clips(config)  # before loading models: bad data fails fast
+    open_entries(entries, config.threads, config.flops_context, say)
+    runners = {e.id: e.runner for e in entries if e.status == OK}
+    if runners:
+        timed = clips[: config.timing_limit] if config.timing_limit else clips
+        with progress_bar(len(clips) * len(runners), "accuracy + warm-up", enabled=progress) as bar:
+            results = accuracy_pass(runners, clips, bar.advance)
+        with progress_bar(len(timed) * len(runners) * config.repeat, f"timing x{config.repeat}", enabled=progress) as bar:
+            timing = timing_passes(runners, timed, config.repeat, bar.advance)
+        for e in entries:
+            if e.status == OK:
+                e.results, e.timing = results[e.id], timing[e.id]
+        score_entries(entries, clips)
+        if config.memory:
+            measure_memory(entries, clips[0], config.threads, say)
+    report = build_report(config, machine, dataset, clips, entries, skipped)
+    out = Path(config.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        write_report(tmp, report, entries, clips)
+        config.save(tmp / "bench_config.json")
+        if out.exists():  # config validation refused this unless --force
+            shutil.rmtree(out)
+        shutil.move(str(tmp), out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return report
+
+
+def ran_any(report: dict[str, Any]) -> bool:
+    return any(e["status"] == OK for e in report["entries"])
+
+
+def dumps(report: dict[str, Any]) -> str:
+    return json.dumps(report, indent=2)
