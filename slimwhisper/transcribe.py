@@ -183,17 +183,22 @@ def _torch_backend(req: BackendRequest) -> Transcriber:
 
 
 def _bundle_backend(req: BackendRequest) -> Transcriber:
-    if req.decode != DecodeConfig():
-        raise DecodeError(
-            "an ONNX bundle decodes with the settings it was exported with (greedy, English); "
-            "drop --beam/--language or use --model for other decoding settings"
-        )
-    from slimwhisper.runtime import BundleTranscriber  # deferred: onnxruntime only
+    if req.decode.beam != 1:
+        raise DecodeError("an ONNX bundle decodes greedily; drop --beam or use --model for beam search")
+    from slimwhisper.runtime import BundleTranscriber, DecodeOptions, read_manifest  # onnxruntime only
 
     bundle = Path(req.source)
     if not bundle.is_dir():
         raise DecodeError(f"no bundle folder at {bundle}: pass the folder written by 'slimwhisper export'")
-    return BundleTranscriber(bundle, threads=req.threads)
+    model = read_manifest(bundle, verify=False).get("model", {})
+    # Same language rule as the torch path: forced "en" for multilingual models unless told
+    # otherwise (the runtime would detect it, which makes the two backends incomparable).
+    language = req.decode.language or ("en" if model.get("multilingual") else None)
+    options = DecodeOptions(max_new_tokens=req.decode.max_new_tokens, language=language, task=req.decode.task)
+    transcriber = BundleTranscriber(bundle, threads=req.threads, options=options)
+    if not getattr(transcriber, "name", None):
+        transcriber.name = f"{model.get('name', bundle.name)} [bundle {bundle.name}]"
+    return transcriber
 
 
 BACKENDS: dict[str, Callable[[BackendRequest], Transcriber]] = {

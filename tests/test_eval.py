@@ -85,8 +85,10 @@ def test_backend_registry():
     assert set(BACKENDS) >= {"torch", "bundle"}
     with pytest.raises(DecodeError, match="unknown backend"):
         make_transcriber("tensorflow", "x")
-    with pytest.raises(DecodeError, match="bundle decodes with the settings"):
+    with pytest.raises(DecodeError, match="bundle decodes greedily"):
         make_transcriber("bundle", "somewhere", DecodeConfig(beam=4))
+    with pytest.raises(DecodeError, match="no bundle folder"):
+        make_transcriber("bundle", "/no/such/bundle")
 
 
 def test_eval_config_validation():
