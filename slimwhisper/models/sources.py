@@ -7,8 +7,11 @@ inside the load functions so that ``import slimwhisper.models`` stays cheap for 
 from __future__ import annotations
 
 import json
+import os
 import re
+import socket
 from pathlib import Path
+from urllib.parse import urlparse
 
 from slimwhisper.models.api import LoadedModel, LoadOptions, ModelLoadError, SourceKind
 from slimwhisper.models.bundled import BUNDLED, TOKENIZER_FOR_VOCAB
@@ -27,8 +30,6 @@ def load_transformers_folder(
     """Load a Whisper folder in float32 with the requested attention and device."""
     import torch
     from transformers import GenerationConfig, WhisperForConditionalGeneration, WhisperProcessor
-
-    from slimwhisper.models.slim import spec_from_model
 
     model = WhisperForConditionalGeneration.from_pretrained(
         path, dtype=torch.float32, attn_implementation=options.attn_implementation
@@ -182,20 +183,35 @@ def _is_hub_id(source: str) -> bool:
     return bool(HUB_ID.fullmatch(source)) and not Path(source).exists()
 
 
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """One quick TCP connect, so an offline machine fails in seconds instead of minutes of retries."""
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes"}:
+        return False
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+    except OSError:
+        return False
+    return True
+
+
 def load_hub(source: str, options: LoadOptions) -> LoadedModel:
     import torch
     from transformers import WhisperForConditionalGeneration, WhisperProcessor
 
+    online = _hub_reachable()
     try:
+        # Offline, a model already in the local Hugging Face cache still loads.
         model = WhisperForConditionalGeneration.from_pretrained(
-            source, dtype=torch.float32, attn_implementation=options.attn_implementation
+            source, dtype=torch.float32, attn_implementation=options.attn_implementation, local_files_only=not online
         )
-        processor = WhisperProcessor.from_pretrained(source)
+        processor = WhisperProcessor.from_pretrained(source, local_files_only=not online)
     except (OSError, ValueError) as exc:  # transformers wraps connection / not-found errors in OSError
+        why = "has no such Whisper model" if online else "is not reachable (offline or no network) and it is not in the local Hugging Face cache"
         raise ModelLoadError(
-            f"could not load {source!r} from the Hugging Face hub: the hub is not reachable or has no such "
-            f"model ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}). No local folder {source!r} exists "
-            f"either. Pass a local folder or a bundled name ({', '.join(BUNDLED)})."
+            f"could not load {source!r}: the Hugging Face hub {why} ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0][:160]}). No local folder {source!r} exists either. "
+            f"Pass a local folder or a bundled name ({', '.join(BUNDLED)})."
         ) from exc
     model = model.to(options.device).eval()
     return _loaded(model, processor, path=None, source=source, kind="hub", name=source.split("/")[-1], sha256=None, extra={})
