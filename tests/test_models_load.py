@@ -86,10 +86,29 @@ def test_ct2_folder_converts_exactly_and_caches(random_ct2, tmp_path):
     # ctranslate2 wrote no tokenizer.json: the bundled tiny.en one is borrowed, and we say so.
     assert "tiny.en" in loaded.extra["tokenizer_from"]
     (entry,) = _cache_entries(tmp_path / "cache")
-    assert entry == f"ct2-{loaded.sha256[:16]}" and (tmp_path / "cache" / entry / DONE_MARKER).is_file()
+    assert entry.startswith(f"ct2-{loaded.sha256[:16]}-v") and (tmp_path / "cache" / entry / DONE_MARKER).is_file()
     stamp = (tmp_path / "cache" / entry / "model.safetensors").stat().st_mtime_ns
     load_model(str(ct2_dir), opts)  # cache hit: not converted again
     assert (tmp_path / "cache" / entry / "model.safetensors").stat().st_mtime_ns == stamp
+
+
+@pytest.mark.parametrize("quantization", ["int8", "int16"])
+def test_quantized_ct2_folder_is_dequantized(random_ct2, tmp_path, quantization):
+    import ctranslate2
+
+    original, _ = random_ct2
+    out = tmp_path / quantization
+    ctranslate2.converters.TransformersConverter(str(random_ct2[1].parent / "hf")).convert(str(out), quantization=quantization)
+    loaded = load_model(str(out), LoadOptions(cache_dir=tmp_path / "cache"))
+    want = original.model.state_dict()
+    worst = 0.0
+    for name, tensor in loaded.model.state_dict().items():
+        # int8 keeps 127 levels per output row: error <= row amax / 254; int16 far less.
+        err = (tensor - want[name]).abs().max().item()
+        bound = want[name].abs().amax().item() / 254 + 1e-6
+        assert err <= bound, (name, err, bound)
+        worst = max(worst, err)
+    assert worst > 0  # really quantized, really undone
 
 
 OPENAI_NAMES = [  # transformers -> openai/whisper model.py names, to synthesise a checkpoint

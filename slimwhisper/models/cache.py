@@ -14,6 +14,13 @@ from slimwhisper.models.api import LoadOptions
 
 # Marker written last inside a converted folder: a folder without it is not a finished conversion.
 DONE_MARKER = "slimwhisper_source.json"
+# Part of every cache folder name: bump it when a converter's output changes, so old caches are not reused.
+CONVERTER_VERSION = 1
+
+
+def converted_dir(options: LoadOptions | None, kind: str, sha256: str) -> Path:
+    """The cache folder for the conversion of weights with this hash."""
+    return cache_root(options) / f"{kind}-{sha256[:16]}-v{CONVERTER_VERSION}"
 
 
 def cache_root(options: LoadOptions | None = None) -> Path:

@@ -24,10 +24,9 @@ from transformers import (
     WhisperTokenizer,
 )
 
-from slimwhisper.models.cache import DONE_MARKER, atomic_dir
+from slimwhisper.models.cache import CONVERTER_VERSION, DONE_MARKER, atomic_dir
 from slimwhisper.models.ct2 import CT2FormatError, CT2Model
 
-CONVERTER_VERSION = 1
 N_TIMESTAMPS = 1501  # <|0.00|> .. <|30.00|> in 0.02 s steps (openai/whisper tokenizer.py)
 ENGLISH_VOCAB, MULTILINGUAL_VOCAB = 51864, 51865
 
@@ -126,11 +125,11 @@ def generation_config_for(config: WhisperConfig, tokenizer: WhisperTokenizer, ct
 
 # ---- weights ------------------------------------------------------------------------------------
 def _t(arr: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.asarray(arr, dtype=np.float32).copy())
+    return torch.from_numpy(np.array(arr, dtype=np.float32))  # a writable float32 copy
 
 
 def _linear(ct2: CT2Model, src: str, dst: str, out: dict, bias: bool = True) -> None:
-    out[f"{dst}.weight"] = _t(ct2.get(f"{src}/weight"))
+    out[f"{dst}.weight"] = _t(ct2.float32(f"{src}/weight"))
     if bias:
         out[f"{dst}.bias"] = _t(ct2.get(f"{src}/bias"))
 
@@ -142,7 +141,7 @@ def _norm(ct2: CT2Model, src: str, dst: str, out: dict) -> None:
 
 def _split(ct2: CT2Model, src: str, dst: str, names: tuple[str, ...], out: dict) -> None:
     """A fused projection [a; b; ...] -> separate Linear layers; "k" keeps no bias (Whisper)."""
-    weights = np.split(ct2.get(f"{src}/weight"), len(names), axis=0)
+    weights = np.split(ct2.float32(f"{src}/weight"), len(names), axis=0)
     biases = np.split(ct2.get(f"{src}/bias"), len(names), axis=0)
     for name, w, b in zip(names, weights, biases, strict=True):
         out[f"{dst}.{name}_proj.weight"] = _t(w)
@@ -172,7 +171,7 @@ def state_dict_from_ct2(ct2: CT2Model, config: WhisperConfig) -> dict[str, torch
             _norm(ct2, f"{src}/ffn/layer_norm", f"{dst}.final_layer_norm", sd)
     for conv in ("conv1", "conv2"):
         _linear(ct2, f"encoder/{conv}", f"model.encoder.{conv}", sd)
-    sd["model.decoder.embed_tokens.weight"] = _t(ct2.get("decoder/embeddings/weight"))
+    sd["model.decoder.embed_tokens.weight"] = _t(ct2.float32("decoder/embeddings/weight"))
     return sd
 
 

@@ -56,6 +56,22 @@ class CT2Model:
         except KeyError:
             raise CT2FormatError(f"model.bin has no variable {name!r}") from None
 
+    def float32(self, name: str) -> np.ndarray:
+        """A variable as float32, undoing int8/int16 weight quantization.
+
+        ctranslate2 quantizes ``w`` to ``rint(w * scale)`` and stores ``<name>_scale``: per output
+        row for int8 (127 / row amax), one scalar for int16 (2**10 / amax) (specs/model_spec.py
+        ``_quantize``), so ``w = q / scale``.
+        """
+        arr = self.get(name).astype(np.float32)
+        scale_name = f"{name}_scale"
+        if scale_name in self:
+            scale = self.get(scale_name).astype(np.float32)
+            arr = arr / scale.reshape(scale.shape + (1,) * (arr.ndim - scale.ndim))
+        elif self.get(name).dtype.kind == "i":
+            raise CT2FormatError(f"{name} is stored as {self.get(name).dtype} without {scale_name}")
+        return arr
+
     def __contains__(self, name: str) -> bool:
         return name in self.variables or name in self.aliases
 

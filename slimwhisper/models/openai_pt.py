@@ -13,7 +13,7 @@ from pathlib import Path
 
 from slimwhisper.models.api import LoadedModel, LoadOptions, ModelLoadError
 from slimwhisper.models.bundled import BUNDLED, TOKENIZER_FOR_VOCAB
-from slimwhisper.models.cache import DONE_MARKER, cache_root, file_chunks, sha256_of
+from slimwhisper.models.cache import DONE_MARKER, converted_dir, file_chunks, sha256_of
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +134,7 @@ def load_openai_checkpoint(path: Path, options: LoadOptions) -> LoadedModel:
     from slimwhisper.models.sources import load_transformers_folder
 
     sha = sha256_of(file_chunks([path]))
-    out_dir = cache_root(options) / f"openai-{sha[:16]}"
+    out_dir = converted_dir(options, "openai", sha)
     if not (out_dir / DONE_MARKER).exists():
         convert_openai_checkpoint(path, out_dir, {"source": str(path.resolve()), "kind": "openai-pt", "sha256": sha})
     record = json.loads((out_dir / DONE_MARKER).read_text(encoding="utf-8"))

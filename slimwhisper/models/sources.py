@@ -15,7 +15,7 @@ from urllib.parse import urlparse
 
 from slimwhisper.models.api import LoadedModel, LoadOptions, ModelLoadError, SourceKind
 from slimwhisper.models.bundled import BUNDLED, TOKENIZER_FOR_VOCAB
-from slimwhisper.models.cache import DONE_MARKER, cache_root, file_chunks, sha256_of
+from slimwhisper.models.cache import DONE_MARKER, converted_dir, file_chunks, sha256_of
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
 PROCESSOR_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json")
@@ -105,7 +105,7 @@ def _record(out_dir: Path) -> dict:
 def load_bundled(name: str, options: LoadOptions) -> LoadedModel:
     bundled = BUNDLED[name]
     sha = bundled.verify()  # before any use, also on a cache hit (cheap: ~0.3 s)
-    out_dir = cache_root(options) / f"{name}-{sha[:16]}"
+    out_dir = converted_dir(options, name, sha)
     _convert_once(
         out_dir, bundled.read_verified, bundled.ct2_config(), bundled.tokenizer_json(),
         {"source": name, "kind": "bundled", "sha256": sha, "model_bin": f"bundled {name} model.bin"},
@@ -124,7 +124,7 @@ def load_ct2_dir(source: str, options: LoadOptions) -> LoadedModel:
     model_bin = p / "model.bin"
     sha = sha256_of(file_chunks([model_bin]))
     _check_known_sizes(model_bin, sha)
-    out_dir = cache_root(options) / f"ct2-{sha[:16]}"
+    out_dir = converted_dir(options, "ct2", sha)
     tok = p / "tokenizer.json"
     ct2_config = json.loads((p / "config.json").read_text(encoding="utf-8"))
     _convert_once(out_dir, model_bin.read_bytes, ct2_config, tok if tok.is_file() else None,
