@@ -150,13 +150,13 @@ def prune(config: PruneConfig, progress: bool = True, loaded: LoadedModel | None
     timer.lap("score")
     if not plan.remove:
         raise PruneError("the allocation removes nothing (ratios too small for these block sizes?); raise a ratio")
-    previous = loaded.extra.get("prune_record")
-    record = apply_plan(loaded.model, plan, previous=previous if isinstance(previous, PruneRecord) else None)
+    # A slim folder pruned again: surgery composes with the record load_slim left on the model.
+    record = apply_plan(loaded.model, plan)
+    loaded.model.slim_record = record
     loaded.spec = spec_from_model(loaded.model)
-    loaded.extra["prune_record"] = record
     timer.lap("surgery")
     configs = {"prune": config.to_dict()}
-    save_slim(loaded, Path(config.out), record=record, configs=configs, source=config.model, force=config.force)
+    save_slim(loaded, Path(config.out), record=record, configs=configs, force=config.force)
     timer.lap("save")
     wer_after = _wer(loaded, config, progress) if config.eval_data else None
     timer.lap("eval_after")

@@ -1,0 +1,117 @@
+"""`slimwhisper prune` / `sensitivity` end to end on a tiny random Whisper and a synthesised manifest."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+from typer.testing import CliRunner
+
+import slimwhisper.cli.compress  # noqa: F401  (registers the commands)
+import slimwhisper.cli.core  # noqa: F401
+from slimwhisper.cli import app
+from slimwhisper.models import load_model
+from slimwhisper.models.slimdir import save_slim
+from slimwhisper.models.testing import tiny_random_loaded
+
+runner = CliRunner()
+
+
+def write_manifest(folder, n=2):
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    lines = []
+    for i in range(n):
+        sf.write(folder / f"u{i}.wav", (0.1 * rng.standard_normal(8000)).astype("float32"), 16000)
+        lines.append(f"u{i}\tu{i}.wav\tgood morning {i}")
+    (folder / "transcripts.tsv").write_text("\n".join(lines) + "\n")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def dense(tmp_path_factory):
+    path = tmp_path_factory.mktemp("dense") / "tiny-random"
+    save_slim(tiny_random_loaded(), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return write_manifest(tmp_path_factory.mktemp("data") / "set", n=2)
+
+
+def test_prune_end_to_end(dense, data, tmp_path):
+    out = tmp_path / "out"
+    args = ["prune", "-m", str(dense), "--calib", str(data), "--calib-n", "2", "--score", "taylor",
+            "--threshold", "local", "--heads", "0.5", "--ffn", "0.25", "--out", str(out), "-q",
+            "--eval", str(data), "--eval-limit", "1", "--threads", "1"]  # fmt: skip
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "encoder.self_attn" in result.output and "total" in result.output
+    assert "WER before" in result.output
+    loaded = load_model(str(out))
+    assert [ly.self_attn.heads for ly in loaded.spec.encoder] == [2, 2]
+    assert [ly.ffn_dim for ly in loaded.spec.decoder] == [96, 96]
+    assert json.loads((out / "pruning.json").read_text())["configs"]["prune"]["score"]["name"] == "taylor"
+
+
+def test_recipe_and_magnitude_without_calibration(dense, tmp_path):
+    out = tmp_path / "r"
+    result = runner.invoke(app, ["prune", "-m", str(dense), "--recipe", "drop-enc-2", "--score", "magnitude", "--out", str(out), "-q"])
+    assert result.exit_code != 0 and "keep at least one" in result.output  # tiny model has 2 encoder layers
+    assert not out.exists()
+    result = runner.invoke(app, ["prune", "-m", str(dense), "--recipe", "dec-self-attn-50", "--score", "magnitude", "--out", str(out), "-q"])
+    assert result.exit_code == 0, result.output
+    assert [ly.self_attn.heads for ly in load_model(str(out)).spec.decoder] == [2, 2]
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--heads", "1.2", "--score", "magnitude"], "[0, 1)"),
+        (["--heads", "0.5", "--calib", "{empty}"], "no usable utterances"),
+        (["--component", "decoder.attn=0.5", "--score", "magnitude"], "selector"),
+        (["--recipe", "no-such", "--score", "magnitude"], "known recipes"),
+        (["--heads", "0.5", "--score", "nope"], "unknown score"),
+    ],
+)
+def test_bad_input_exits_2_and_writes_nothing(dense, tmp_path, extra, message):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "transcripts.tsv").write_text("")
+    out = tmp_path / "out"
+    args = ["prune", "-m", str(dense), "--out", str(out), "-q"] + [a.replace("{empty}", str(empty)) for a in extra]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert not out.exists()
+
+
+def test_plan_with_unknown_head_lists_valid_names(dense, tmp_path):
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps({"remove": ["encoder.0.self_attn.head.9"]}))
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["prune", "-m", str(dense), "--plan", str(plan), "--out", str(out), "-q"])
+    assert result.exit_code == 2
+    assert "has heads 0..3" in result.output and "encoder.0.self_attn.head.{0..3}" in result.output
+    assert not out.exists()
+
+
+def test_existing_out_needs_force(dense, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "mine.txt").write_text("user data")
+    result = runner.invoke(app, ["prune", "-m", str(dense), "--heads", "0.5", "--score", "magnitude", "--out", str(out), "-q"])
+    assert result.exit_code == 2 and "--force" in result.output
+    assert (out / "mine.txt").read_text() == "user data"
+
+
+def test_sensitivity_command(dense, data, tmp_path):
+    out, plot = tmp_path / "s.json", tmp_path / "s.png"
+    result = runner.invoke(app, ["sensitivity", "-m", str(dense), "--data", str(data), "--calib-n", "1",
+                                 "--out", str(out), "--plot", str(plot), "-q"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "decoder.1.cross_attn" in result.output
+    assert len(json.loads(out.read_text())["rows"]) == 10 and plot.stat().st_size > 0
