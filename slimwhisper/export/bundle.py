@@ -1,0 +1,188 @@
+"""Write a bundle: ONNX graphs (+ variants), tokenizer, mel filters and ``manifest.json``.
+
+The bundle is written into a temp folder beside ``out`` and renamed only after parity passed, so
+a failed export never leaves a half bundle, and an existing ``out`` is refused unless ``force``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from slimwhisper.export.config import ExportConfig
+from slimwhisper.export.graphs import decoder_io, encoder_io, export_decoder, export_encoder
+from slimwhisper.export.parity import check_parity
+from slimwhisper.export.quantize import VARIANTS, to_ort_format
+from slimwhisper.models.slim import spec_from_model
+from slimwhisper.runtime.bundle import FORMAT, FORMAT_VERSION, MANIFEST, sha256_file
+from slimwhisper.runtime.frontend import HOP_LENGTH, N_FFT, N_FRAMES, N_SAMPLES, SAMPLE_RATE
+
+
+class ExportError(RuntimeError):
+    """The export cannot proceed; the message says what to do."""
+
+
+def tokenizer_manifest(tokenizer, generation_config, out_dir: Path) -> dict:
+    """Save tokenizer.json and collect the special ids the runtime's decode loop needs."""
+    tokenizer.backend_tokenizer.save(str(out_dir / "tokenizer.json"))
+    ids = tokenizer.convert_tokens_to_ids
+
+    def one(*names: str) -> int | None:
+        # Not "!= unk_token_id": Whisper's unk token *is* <|endoftext|>.
+        for name in names:
+            i = ids(name)
+            if i is not None and tokenizer.convert_ids_to_tokens(int(i)) == name:
+                return int(i)
+        return None
+
+    languages = {k.strip("<|>"): int(v) for k, v in (getattr(generation_config, "lang_to_id", None) or {}).items()}
+    no_ts = one("<|notimestamps|>")
+    return {
+        "file": "tokenizer.json",
+        "sot": one("<|startoftranscript|>"),
+        "eot": one("<|endoftext|>"),
+        "no_timestamps": no_ts,
+        "timestamp_begin": None if no_ts is None else no_ts + 1,
+        "transcribe": one("<|transcribe|>"),
+        "translate": one("<|translate|>"),
+        "sot_prev": one("<|startofprev|>"),
+        "no_speech": one("<|nospeech|>", "<|nocaptions|>"),
+        "languages": languages,
+    }
+
+
+def decode_manifest(generation_config, eot: int) -> dict:
+    suppress = list(getattr(generation_config, "suppress_tokens", None) or [])
+    begin = getattr(generation_config, "begin_suppress_tokens", None)
+    # openai/whisper SuppressBlank: a blank (" ") or EOT may not start the transcript.
+    begin = list(begin) if begin else [220, eot]
+    return {"suppress_tokens": [int(t) for t in suppress], "begin_suppress_tokens": [int(t) for t in begin]}
+
+
+def _check_out(out: Path, force: bool) -> None:
+    if out.exists() and not force:
+        raise ExportError(f"{out} already exists; pick another --out or pass --force to replace it")
+    if out.exists() and not out.is_dir():
+        raise ExportError(f"{out} exists and is not a folder; remove it or pick another --out")
+
+
+def export_bundle(loaded, out: str | Path, config: ExportConfig | None = None, *, force: bool = False,
+                  log=print) -> dict:
+    """Export ``loaded`` (a ``LoadedModel``) to a bundle folder ``out``; returns the manifest.
+
+    fp32 graphs must match PyTorch within ``config.parity`` (``ParityError`` otherwise); int8 and
+    fp16 variants are compared and reported in the manifest.
+    """
+    config = config or ExportConfig()
+    out = Path(out)
+    _check_out(out, force)
+    model = loaded.model.float().eval()
+    spec = spec_from_model(model)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        manifest = _write(loaded, model, spec, tmp, config, log)
+        os.chmod(tmp, 0o755)  # mkdtemp makes it private; a bundle is meant to be shared
+        if out.exists():
+            old = out.with_name(f".{out.name}.old-{os.getpid()}")
+            os.rename(out, old)
+            os.rename(tmp, out)
+            shutil.rmtree(old)
+        else:
+            os.rename(tmp, out)
+        return manifest
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _write(loaded, model, spec, tmp: Path, config: ExportConfig, log) -> dict:
+    t0 = time.perf_counter()
+    log(f"exporting {loaded.name}: {len(spec.encoder)} encoder / {len(spec.decoder)} decoder layers")
+    export_encoder(model, spec, tmp / "encoder.onnx", config.opset)
+    export_decoder(model, spec, tmp / "decoder.onnx", config.opset)
+    variants = {"fp32": {"encoder": "encoder.onnx", "decoder": "decoder.onnx"}}
+    for name, wanted in (("int8", config.quantize == "int8"), ("fp16", config.fp16)):
+        if wanted:
+            variants[name] = {}
+            for part in ("encoder", "decoder"):
+                VARIANTS[name](tmp / f"{part}.onnx", tmp / f"{part}.{name}.onnx")
+                variants[name][part] = f"{part}.{name}.onnx"
+    fe = loaded.processor.feature_extractor
+    np.save(tmp / "mel_filters.npy", np.asarray(fe.mel_filters, dtype=np.float32))
+    gen = model.generation_config
+    tok = tokenizer_manifest(loaded.processor.tokenizer, gen, tmp)
+    missing = [k for k in ("sot", "eot", "no_timestamps", "transcribe") if tok[k] is None]
+    if missing:
+        raise ExportError(f"the tokenizer lacks Whisper special tokens {missing}; export a model with a Whisper tokenizer")
+    manifest = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "model": {"name": loaded.name, "source": str(loaded.source), "multilingual": bool(loaded.multilingual),
+                  "params": spec.params()},
+        "spec": spec.to_dict(),
+        "graphs": {"encoder": _io(encoder_io(spec)), "decoder": _io(decoder_io(spec))},
+        "variants": variants,
+        "default_variant": "int8" if config.quantize == "int8" else "fp32",
+        "audio": {"sample_rate": SAMPLE_RATE, "n_fft": N_FFT, "hop_length": HOP_LENGTH, "n_mels": spec.n_mels,
+                  "chunk_samples": N_SAMPLES, "n_frames": N_FRAMES, "mel_filters": "mel_filters.npy"},
+        "tokenizer": tok,
+        "decode": decode_manifest(gen, tok["eot"]),
+        "export_config": config.to_dict(),
+        "files": {},
+    }
+    _save_manifest(tmp, manifest)
+    manifest["parity"] = _parity(model, tmp, variants, config, log)
+    if config.quantize == "int8":  # the fp32 graphs were only needed for parity and conversion
+        for part in ("encoder", "decoder"):
+            (tmp / f"{part}.onnx").unlink()
+        del variants["fp32"]
+    if config.ort:
+        base = manifest["default_variant"]
+        made = to_ort_format([tmp / variants[base][p] for p in ("encoder", "decoder")], tmp)
+        variants[f"{base}-ort"] = {p: Path(variants[base][p]).stem + ".ort" for p in ("encoder", "decoder")}
+        manifest["ort_mobile"] = {"required_operators": "required_operators.config",
+                                  "files": [m.name for m in made]}
+    manifest["files"] = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.name != MANIFEST}
+    manifest["export_seconds"] = round(time.perf_counter() - t0, 1)
+    _save_manifest(tmp, manifest)
+    (tmp / "export_config.json").write_text(json.dumps(config.to_dict(), indent=2))
+    manifest["files"]["export_config.json"] = sha256_file(tmp / "export_config.json")
+    _save_manifest(tmp, manifest)
+    return manifest
+
+
+def _parity(model, tmp: Path, variants: dict, config: ExportConfig, log) -> dict:
+    results = {}
+    for name in variants:
+        tol = config.parity if name == "fp32" else None  # int8/fp16: report, don't fail
+        try:
+            report = check_parity(model, tmp, name, clips=config.parity_clips,
+                                  max_new_tokens=config.parity_max_tokens, tolerance=tol, threads=config.threads)
+        except RuntimeError as exc:
+            if name != "fp16":
+                raise
+            # fp16 kernels are missing on the CPU provider: record why, don't fail the export.
+            results[name] = {"variant": name, "checked": False, "reason": str(exc).splitlines()[0][:300]}
+            log(f"parity {name}: not checked ({results[name]['reason'][:120]})")
+            continue
+        s = report.summary()
+        results[name] = {"checked": True, **s}
+        log(f"parity {name}: encoder max|diff| {s['encoder_max_abs']:.2e}, logits max|diff| "
+            f"{s['logits_max_abs']:.2e}, tokens identical {s['tokens_identical']}, "
+            f"token agreement {s['token_agreement']:.3f} over {s['clips']} clips")
+    return results
+
+
+def _io(io_) -> dict:
+    return {"inputs": list(io_.inputs), "outputs": list(io_.outputs)}
+
+
+def _save_manifest(root: Path, manifest: dict) -> None:
+    (root / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=False))

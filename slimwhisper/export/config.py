@@ -1,0 +1,63 @@
+"""``ExportConfig``: the one frozen config of the export stage, saved in every bundle."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+QUANTIZE_CHOICES = (None, "int8")
+
+
+class ExportConfigError(ValueError):
+    """An ``ExportConfig`` is invalid; ``problems`` lists every issue."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = list(problems)
+        super().__init__("invalid export config:\n  - " + "\n  - ".join(self.problems))
+
+
+@dataclass(frozen=True)
+class ParityTolerance:
+    """Largest allowed max-abs differences between ONNX (fp32) and PyTorch outputs."""
+
+    encoder: float = 1e-3  # hidden states and cross K/V, per element
+    logits: float = 1e-3  # decoder logits, per step
+    tokens_must_match: bool = True  # greedy tokens identical (fp32 only; int8/fp16 are reported)
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    opset: int = 20
+    quantize: str | None = None  # None (fp32) or "int8" (dynamic, per-channel weights)
+    fp16: bool = False  # also write an fp16 copy for GPU providers
+    ort: bool = False  # also write .ort files + required-operators config for ORT Mobile builds
+    parity: ParityTolerance = field(default_factory=ParityTolerance)
+    parity_clips: int = 2  # real clips decoded greedily in the parity check
+    parity_max_tokens: int = 64
+    threads: int = 2  # intra-op threads used for parity/benchmark sessions
+
+    def __post_init__(self) -> None:
+        if isinstance(self.parity, dict):  # from JSON
+            object.__setattr__(self, "parity", ParityTolerance(**self.parity))
+        problems = []
+        if self.quantize not in QUANTIZE_CHOICES:
+            problems.append(f"quantize must be one of {QUANTIZE_CHOICES}, got {self.quantize!r}")
+        if not isinstance(self.opset, int) or not 17 <= self.opset <= 21:
+            problems.append(f"opset must be an int in 17..21 (tested: 20), got {self.opset!r}")
+        for name in ("parity_clips", "parity_max_tokens", "threads"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                problems.append(f"{name} must be a positive int, got {value!r}")
+        for name in ("encoder", "logits"):
+            value = getattr(self.parity, name)
+            if not isinstance(value, (int, float)) or value <= 0:
+                problems.append(f"parity.{name} tolerance must be > 0, got {value!r}")
+        if problems:
+            raise ExportConfigError(problems)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ExportConfig:
+        return cls(**data)

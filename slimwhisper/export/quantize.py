@@ -1,0 +1,128 @@
+"""Precision variants of the exported graphs: int8 (dynamic), fp16, and ORT-format files.
+
+A variant is a registered handler (name -> function(src, dst)), not a branch on strings.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+TIED = "proj_out.weight_T"  # see graphs.untie_free_projection
+
+VariantFn = Callable[[Path, Path], None]
+VARIANTS: dict[str, VariantFn] = {}
+
+
+def register_variant(name: str) -> Callable[[VariantFn], VariantFn]:
+    def add(fn: VariantFn) -> VariantFn:
+        if name in VARIANTS:
+            raise ValueError(f"variant {name!r} registered twice")
+        VARIANTS[name] = fn
+        return fn
+
+    return add
+
+
+@register_variant("int8")
+def quantize_int8(src: Path, dst: Path) -> None:
+    """Dynamic int8 quantisation of every MatMul weight (onnxruntime ``quantize_dynamic``).
+
+    ``per_channel=True``: one scale per output column; per-tensor scales changed greedy tokens.
+    Activations are quantised per call (DynamicQuantizeLinear), so no calibration data is needed.
+    Convolutions stay fp32 (ConvInteger is slower than fp32 Conv on ORT CPU; they are ~1% of
+    the weights). Afterwards the tied embedding is read from the int8 projection (one copy).
+    """
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(str(src), str(dst), per_channel=True, weight_type=QuantType.QInt8,
+                     op_types_to_quantize=["MatMul"])
+    share_quantized_embedding(dst)
+
+
+def share_quantized_embedding(path: Path) -> None:
+    """Make the token embedding lookup read the int8 output projection instead of the fp32 table.
+
+    Per-channel quantisation of ``W^T`` (d, vocab) gives one scale/zero point per vocabulary
+    column, so a token's embedding is ``(Wq[:, id] - zp[id]) * scale[id]``: exactly the
+    dequantised projection column. The fp32 ``W^T`` is then unused and removed, so the bundle
+    stores the vocabulary matrix once, at 1 byte per weight.
+    """
+    model = onnx.load(str(path))
+    g = model.graph
+    names = {i.name for i in g.initializer}
+    q, scale, zp = f"{TIED}_quantized", f"{TIED}_scale", f"{TIED}_zero_point"
+    if not {q, scale, zp} <= names:
+        return  # not quantised per channel (or no tied projection): nothing to share
+    gathers = [n for n in g.node if n.op_type == "Gather" and n.input[0] == TIED]
+    if len(gathers) != 1:
+        raise RuntimeError(f"expected one embedding Gather of {TIED}, found {len(gathers)}")
+    gather = gathers[0]
+    ids = gather.input[1]
+    consumer = next(n for n in g.node if gather.output[0] in n.input and n.op_type == "Transpose")
+    out = consumer.output[0]
+    p = "embed_from_int8"
+    new = [
+        helper.make_node("Gather", [q, ids], [f"{p}_q"], axis=1, name=f"{p}_gather_q"),  # (d, B, T)
+        helper.make_node("Transpose", [f"{p}_q"], [f"{p}_qt"], perm=[1, 2, 0], name=f"{p}_transpose"),
+        helper.make_node("Cast", [f"{p}_qt"], [f"{p}_f"], to=onnx.TensorProto.FLOAT, name=f"{p}_cast"),
+        helper.make_node("Gather", [zp, ids], [f"{p}_zp"], axis=0, name=f"{p}_gather_zp"),  # (B, T)
+        helper.make_node("Cast", [f"{p}_zp"], [f"{p}_zpf"], to=onnx.TensorProto.FLOAT, name=f"{p}_cast_zp"),
+        helper.make_node("Unsqueeze", [f"{p}_zpf", f"{p}_axes"], [f"{p}_zpu"], name=f"{p}_unsq_zp"),
+        helper.make_node("Gather", [scale, ids], [f"{p}_s"], axis=0, name=f"{p}_gather_s"),
+        helper.make_node("Unsqueeze", [f"{p}_s", f"{p}_axes"], [f"{p}_su"], name=f"{p}_unsq_s"),
+        helper.make_node("Sub", [f"{p}_f", f"{p}_zpu"], [f"{p}_c"], name=f"{p}_sub"),
+        helper.make_node("Mul", [f"{p}_c", f"{p}_su"], [out], name=f"{p}_mul"),
+    ]
+    g.initializer.append(numpy_helper.from_array(np.array([-1], dtype=np.int64), f"{p}_axes"))
+    at = list(g.node).index(gather)
+    g.node.remove(gather)
+    g.node.remove(consumer)
+    for k, node in enumerate(new):
+        g.node.insert(at + k, node)
+    if not any(TIED in n.input for n in g.node):
+        g.initializer.remove(next(i for i in g.initializer if i.name == TIED))
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+
+
+@register_variant("fp16")
+def convert_fp16(src: Path, dst: Path) -> None:
+    """fp16 weights and activations for GPU providers (onnxruntime's own float16 converter, the
+    onnxconverter-common code shipped inside ``onnxruntime.transformers``). Inputs/outputs become
+    fp16 too, so the KV cache is half the size; ``input_ids`` stays int64."""
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    model = convert_float_to_float16(onnx.load(str(src)), keep_io_types=False, disable_shape_infer=True)
+    onnx.save(model, str(dst))
+
+
+def to_ort_format(sources: list[Path], out_dir: Path) -> list[Path]:
+    """Convert ONNX files to ORT format (``.ort``) for ORT Mobile, plus the
+    ``required_operators.config`` a reduced-size onnxruntime build is compiled with
+    (``build.sh --include_ops_by_config required_operators.config --minimal_build``)."""
+    from onnxruntime.tools.convert_onnx_models_to_ort import OptimizationStyle, convert_onnx_models_to_ort
+
+    with tempfile.TemporaryDirectory() as scratch:
+        s = Path(scratch)
+        for src in sources:
+            shutil.copy2(src, s / src.name)
+        convert_onnx_models_to_ort(s, output_dir=s / "ort", optimization_styles=[OptimizationStyle.Fixed])
+        made = []
+        for src in sources:
+            ort_file = s / "ort" / (src.stem + ".ort")
+            if not ort_file.is_file():
+                raise RuntimeError(f"ORT conversion produced no {ort_file.name}")
+            shutil.copy2(ort_file, out_dir / ort_file.name)
+            made.append(out_dir / ort_file.name)
+        configs = sorted((s / "ort").glob("*required_operators*.config"))
+        if configs:
+            shutil.copy2(configs[0], out_dir / "required_operators.config")
+            made.append(out_dir / "required_operators.config")
+    return made
