@@ -180,6 +180,8 @@ def _remap_alignment_heads(model: nn.Module, cuts: list[LayerCut]) -> None:
 
 def _previous_record(model: nn.Module, previous: PruneRecord | None) -> PruneRecord:
     rec = previous or getattr(model, "slim_record", None) or identity_record(model)
+    if isinstance(rec, dict):  # as load_slim leaves it (models/ must not import compress/)
+        rec = PruneRecord.from_dict(rec)
     have = {s: len(layers_of(model, s)) for s in ("encoder", "decoder")}
     want = {s: len(rec.side(s)) for s in ("encoder", "decoder")}
     if have != want or rec.spec != spec_from_model(model):

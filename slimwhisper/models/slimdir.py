@@ -1,0 +1,226 @@
+"""Save and reload a pruned Whisper as a self-describing folder.
+
+Folder layout (format ``SLIM_FORMAT``):
+
+* ``model.safetensors``  — the weights (the tied output projection stored once, as the embedding)
+* ``config.json``        — NOT loadable by a stock transformers loader on purpose: ``model_type`` is
+  ``slimwhisper`` and a poison ``activation_function`` makes ``WhisperForConditionalGeneration
+  .from_pretrained`` fail with a message naming slimwhisper, instead of silently building dense
+  layers and re-initialising the pruned ones. The real ``WhisperConfig`` is under ``whisper_config``
+  (without its ``model_type``, which transformers would otherwise unwrap and use).
+* ``slimwhisper.json``   — format version, the ``ArchSpec`` (per-layer shapes), the source model
+* ``pruning.json``       — the pruning record and the scoring/allocation configs that produced it
+* ``generation_config.json`` and the processor/tokenizer files.
+
+Torch and transformers are imported inside functions: ``slimwhisper.models`` imports this module to
+register the ``slim`` source kind, and that import must stay cheap.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from slimwhisper.models.api import LoadedModel, LoadOptions, ModelLoadError, SourceKind, register_source
+from slimwhisper.models.cache import file_chunks, sha256_of
+from slimwhisper.spec import ArchSpec
+
+SLIM_FORMAT = 1
+META_FILE = "slimwhisper.json"
+WEIGHTS_FILE = "model.safetensors"
+TIED = "proj_out.weight"
+EMBED = "model.decoder.embed_tokens.weight"
+POISON = "slimwhisper-pruned-model: load this folder with slimwhisper.models.load_model(<folder>)"
+
+
+class SlimDirError(ValueError):
+    """A slim folder cannot be written (bad target, inconsistent record); the message says what to do."""
+
+
+def is_slim_dir(source: str | Path) -> bool:
+    p = Path(source)
+    return p.is_dir() and (p / META_FILE).is_file()
+
+
+# ---- save -----------------------------------------------------------------------------------------
+
+
+def _as_dict(obj: Any) -> dict | None:
+    if obj is None or isinstance(obj, dict):
+        return obj
+    return obj.to_dict()  # PruneRecord / ArchSpec / config dataclasses
+
+
+def _check_target(out: Path, protected: list[Path], force: bool) -> None:
+    if not out.exists() or (out.is_dir() and not any(out.iterdir())):
+        return
+    if not force:
+        raise SlimDirError(f"{out} already exists; choose another folder or pass force=True (--force) to replace it")
+    if not is_slim_dir(out):
+        raise SlimDirError(f"{out} exists and is not a slimwhisper folder (no {META_FILE}); refusing to replace it even with force")
+    if any(out.resolve() == p.resolve() for p in protected):
+        raise SlimDirError(f"{out} is the folder the model was loaded from; write the pruned model somewhere else")
+
+
+def _config_json(model) -> dict:
+    whisper = model.config.to_dict()
+    whisper.pop("model_type", None)
+    return {
+        "model_type": "slimwhisper",
+        "architectures": ["SlimWhisperForConditionalGeneration"],
+        "activation_function": POISON,
+        "slimwhisper_format": SLIM_FORMAT,
+        "whisper_config": whisper,
+    }
+
+
+def _write_folder(tmp: Path, model, processor, meta: dict, pruning: dict) -> None:
+    from safetensors.torch import save_file
+
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items() if k != TIED}
+    save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": "pt", "slimwhisper_format": str(SLIM_FORMAT)})
+    (tmp / "config.json").write_text(json.dumps(_config_json(model), indent=2) + "\n")
+    (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+    (tmp / "pruning.json").write_text(json.dumps(pruning, indent=2) + "\n")
+    model.generation_config.save_pretrained(tmp)
+    if processor is not None:
+        processor.save_pretrained(tmp)
+
+
+def save_slim(
+    loaded_or_model,
+    out_dir: str | Path,
+    *,
+    record=None,
+    configs: dict | None = None,
+    source: dict | None = None,
+    processor=None,
+    force: bool = False,
+) -> Path:
+    """Write a (pruned) model as a slim folder, atomically (temp folder, then rename).
+
+    ``record`` is the ``PruneRecord`` (or its dict); default: the one surgery left on the model.
+    ``configs`` are the scoring/allocation configs (dicts or dataclasses with ``to_dict``).
+    ``source`` describes the dense source (name, sha256, ...); default: taken from the LoadedModel.
+    """
+    from slimwhisper.models.slim import spec_from_model
+
+    loaded = loaded_or_model if isinstance(loaded_or_model, LoadedModel) else None
+    model = loaded.model if loaded else loaded_or_model
+    processor = processor if processor is not None else (loaded.processor if loaded else None)
+    out = Path(out_dir)
+    src = dict(_default_source(loaded), **(source or {}))
+    protected = [Path(p) for p in (src.get("path"), loaded and loaded.path) if p]
+    _check_target(out, protected, force)
+
+    spec = spec_from_model(model)
+    if sum(p.numel() for p in model.parameters()) != spec.params():
+        raise SlimDirError("the model's parameter count disagrees with its ArchSpec; it was modified outside slimwhisper")
+    rec = _as_dict(record if record is not None else getattr(model, "slim_record", None))
+    if rec is not None and ArchSpec.from_dict(rec["spec"]) != spec:
+        raise SlimDirError("the pruning record describes other shapes than this model; pass the record apply_plan returned")
+    meta = {"format": SLIM_FORMAT, "spec": spec.to_dict(), "source": src, "params": spec.params()}
+    pruning = {"record": rec, "configs": {k: _as_dict(v) for k, v in (configs or {}).items()}}
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        _write_folder(tmp, model, processor, meta, pruning)
+        _replace(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return out
+
+
+def _default_source(loaded: LoadedModel | None) -> dict:
+    if loaded is None:
+        return {}
+    if "source_model" in loaded.extra:  # a slim folder pruned again: keep the dense origin
+        return dict(loaded.extra["source_model"])
+    return {"name": loaded.name, "source": loaded.source, "kind": loaded.kind, "sha256": loaded.sha256,
+            "path": str(loaded.path) if loaded.path else None}  # fmt: skip
+
+
+def _replace(tmp: Path, out: Path) -> None:
+    if out.exists():  # _check_target allowed it: an empty folder or a slimwhisper folder with force
+        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+        os.rename(out, old / out.name)
+        os.rename(tmp, out)
+        shutil.rmtree(old)
+    else:
+        os.rename(tmp, out)
+
+
+# ---- load -----------------------------------------------------------------------------------------
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise ModelLoadError(f"{path.parent} is not a complete slimwhisper folder: {path.name} is missing") from exc
+    except json.JSONDecodeError as exc:
+        raise ModelLoadError(f"{path} is not valid JSON ({exc}); the folder is damaged, save it again") from exc
+
+
+def _build(path: Path, meta: dict, options: LoadOptions):
+    import torch
+    from safetensors.torch import load_file
+    from transformers import WhisperConfig
+
+    from slimwhisper.models.slim import check_state_dict, model_from_spec
+    from slimwhisper.spec import SpecError
+
+    try:
+        spec = ArchSpec.from_dict(meta["spec"])
+        config = WhisperConfig.from_dict(_read_json(path / "config.json")["whisper_config"])
+        config._attn_implementation = options.attn_implementation
+        model = model_from_spec(config, spec)
+        state = load_file(str(path / WEIGHTS_FILE))
+        check_state_dict(model, state)
+    except (SpecError, KeyError) as exc:
+        raise ModelLoadError(f"cannot load slim folder {path}: {exc}") from exc
+    state = {k: v.to(torch.float32) for k, v in state.items()}
+    state.setdefault(TIED, state[EMBED])
+    model.load_state_dict(state, strict=True)
+    model.tie_weights()
+    return model.to(options.device).eval()
+
+
+def load_slim(path: str | Path, options: LoadOptions | None = None) -> LoadedModel:
+    """Rebuild a slim folder with exactly its saved per-layer shapes; float32, eval mode."""
+    from transformers import GenerationConfig, WhisperFeatureExtractor, WhisperProcessor, WhisperTokenizer
+
+    from slimwhisper.models.sources import PROCESSOR_FILES, _loaded, bundled_processor_for_vocab
+
+    options = options or LoadOptions()
+    p = Path(path)
+    meta = _read_json(p / META_FILE)
+    if meta.get("format") != SLIM_FORMAT:
+        raise ModelLoadError(f"{p}: slimwhisper folder format {meta.get('format')!r}; this version reads {SLIM_FORMAT}")
+    model = _build(p, meta, options)
+    if (p / "generation_config.json").is_file():
+        model.generation_config = GenerationConfig.from_pretrained(p)
+    extra: dict[str, Any] = {"slimwhisper": meta, "source_model": meta.get("source", {})}
+    if any((p / f).exists() for f in PROCESSOR_FILES):
+        # Built from its parts: WhisperProcessor.from_pretrained would also read our config.json.
+        processor = WhisperProcessor(
+            feature_extractor=WhisperFeatureExtractor.from_pretrained(p), tokenizer=WhisperTokenizer.from_pretrained(p)
+        )
+    else:
+        processor = bundled_processor_for_vocab(model.config.vocab_size, model.config.num_mel_bins, extra)
+    pruning = _read_json(p / "pruning.json") if (p / "pruning.json").is_file() else {"record": None, "configs": {}}
+    extra["pruning"] = pruning
+    model.slim_record = pruning.get("record")  # a dict: compress.surgery turns it back into a PruneRecord
+    sha = sha256_of(file_chunks([p / WEIGHTS_FILE]))
+    return _loaded(model, processor, path=p, source=str(path), kind="slim", name=p.resolve().name, sha256=sha, extra=extra)
+
+
+SLIM_KIND = register_source(
+    SourceKind("slim", is_slim_dir, load_slim, "a pruned slimwhisper folder (with slimwhisper.json)")
+)
