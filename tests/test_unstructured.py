@@ -1,0 +1,90 @@
+"""Unstructured magnitude baseline: exact zero counts, smallest weights, no size change."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from transformers import WhisperConfig, WhisperForConditionalGeneration
+
+from slimwhisper.compress.unstructured import (
+    LABEL,
+    Selector,
+    UnstructuredConfig,
+    prune_unstructured,
+    selected_weights,
+)
+from slimwhisper.models.slim import spec_from_model
+
+
+def tiny() -> WhisperForConditionalGeneration:
+    torch.manual_seed(0)
+    cfg = WhisperConfig(
+        vocab_size=100, num_mel_bins=16, d_model=64, encoder_layers=3, decoder_layers=2,
+        encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=128, decoder_ffn_dim=128,
+        max_source_positions=20, max_target_positions=32, pad_token_id=0, bos_token_id=1,
+        eos_token_id=2, decoder_start_token_id=1,
+    )  # fmt: skip
+    return WhisperForConditionalGeneration(cfg).eval()
+
+
+def test_zeroes_exactly_the_smallest_of_the_selection():
+    model = tiny()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    nonzero_before = sum(int((p != 0).sum()) for p in before.values())
+    spec = spec_from_model(model)
+    report = prune_unstructured(model, UnstructuredConfig(0.5, ("decoder.self_attn",)))
+    chosen = selected_weights(model, Selector.parse("decoder.self_attn"))
+    assert len(chosen) == 2 * 4
+    n = sum(w.numel() for w in chosen.values())
+    assert report.label == LABEL and report.selected == n
+    assert report.zeros_after == n // 2 and report.zeros_before == 0
+    assert report.params == sum(p.numel() for p in model.parameters()) and spec_from_model(model) == spec
+    assert report.nonzero_params == nonzero_before - n // 2
+    # the zeroed entries were the smallest |w| of the joint ranking
+    old = torch.cat([before[k].abs().reshape(-1) for k in chosen])
+    new = torch.cat([w.detach().reshape(-1) for w in chosen.values()])
+    assert old[new == 0].max() <= old[new != 0].min()
+    for name, p in model.named_parameters():  # nothing outside the selection changed
+        if name not in chosen:
+            assert torch.equal(p, before[name]), name
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+    assert json.loads(json.dumps(report.to_dict()))["config"]["components"] == ["decoder.self_attn"]
+
+
+@pytest.mark.parametrize("scope", ["per_matrix", "per_component", "global"])
+def test_scopes_rank_differently_but_hit_the_ratio(scope):
+    model = tiny()
+    report = prune_unstructured(model, UnstructuredConfig(0.3, ("encoder.last2.ffn", "decoder.cross_attn"), scope))
+    assert report.by_component["encoder.last2.ffn"]["weights"] == 2 * 2 * 64 * 128
+    total = sum(c["weights"] for c in report.by_component.values())
+    zeros = [c["zeros"] for c in report.by_component.values()]
+    assert abs(report.zeros_after - 0.3 * total) <= 12  # k is floored in each ranked group (<= 12 matrices)
+    first = model.model.encoder.layers[0].fc1.weight
+    assert (first == 0).sum() == 0  # not among the last two encoder layers
+    if scope != "global":
+        ffn_n = report.by_component["encoder.last2.ffn"]["weights"]
+        assert abs(zeros[0] - 0.3 * ffn_n) <= 4
+
+
+def test_global_ranking_differs_from_per_matrix():
+    a, b = tiny(), tiny()
+    with torch.no_grad():  # make fc weights much smaller so a global ranking prunes them first
+        for m in (a, b):
+            for layer in m.model.encoder.layers:
+                layer.fc1.weight.mul_(1e-6)
+    ra = prune_unstructured(a, UnstructuredConfig(0.2, ("encoder",), "global"))
+    rb = prune_unstructured(b, UnstructuredConfig(0.2, ("encoder",), "per_matrix"))
+    assert (a.model.encoder.layers[0].self_attn.q_proj.weight == 0).sum() == 0
+    assert (b.model.encoder.layers[0].self_attn.q_proj.weight == 0).sum() > 0
+    assert abs(ra.zeros_after - rb.zeros_after) <= 20
+
+
+def test_bad_config_lists_every_problem():
+    with pytest.raises(ValueError) as err:
+        UnstructuredConfig(1.5, ("decoder.selfattn", "encoder.last2.ffn"), "layerwise")
+    msg = str(err.value)
+    assert "ratio" in msg and "decoder.selfattn" in msg and "layerwise" in msg
+    with pytest.raises(ValueError, match="overlap"):
+        prune_unstructured(tiny(), UnstructuredConfig(0.1, ("all", "decoder.ffn")))
