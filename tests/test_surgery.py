@@ -17,7 +17,7 @@ ALL = frozenset({"head", "qk", "vo", "neuron", "layer"})
 N_MELS, FRAMES = 16, 40
 
 
-def tiny(seed: int = 0) -> WhisperForConditionalGeneration:
+def tiny(seed: int = 0, attn: str = "sdpa") -> WhisperForConditionalGeneration:
     torch.manual_seed(seed)
     cfg = WhisperConfig(
         vocab_size=100, num_mel_bins=N_MELS, d_model=64, encoder_layers=3, decoder_layers=2,
@@ -25,6 +25,7 @@ def tiny(seed: int = 0) -> WhisperForConditionalGeneration:
         max_source_positions=FRAMES // 2, max_target_positions=32, pad_token_id=0, bos_token_id=1,
         eos_token_id=2, decoder_start_token_id=1, begin_suppress_tokens=None, suppress_tokens=None,
     )  # fmt: skip
+    cfg._attn_implementation = attn
     model = WhisperForConditionalGeneration(cfg).eval()
     with torch.no_grad():  # non-zero biases so that bias handling is exercised
         for name, p in model.named_parameters():
@@ -44,8 +45,8 @@ def logits(model):
     return model(input_features=feats, decoder_input_ids=ids).logits
 
 
-def masked_and_pruned(names: set[str], seed: int = 0):
-    dense = tiny(seed)
+def masked_and_pruned(names: set[str], seed: int = 0, attn: str = "sdpa"):
+    dense = tiny(seed, attn)
     groups = {g.name: g for g in enumerate_groups(dense, GroupSpace(ALL, "shared"))}
     groups |= {g.name: g for g in enumerate_groups(dense, GroupSpace({"qk", "vo"}, "per_head"))}
     masked = copy.deepcopy(dense)
@@ -83,6 +84,13 @@ def test_masking_equals_removal(plan):
     assert sum(p.numel() for p in pruned.parameters()) < sum(p.numel() for p in masked.parameters())
     torch.testing.assert_close(logits(pruned), logits(masked), atol=1e-5, rtol=1e-5)
     assert_consistent(pruned)
+
+
+def test_masking_equals_removal_eager_attention():
+    # the export path traces eager attention: Q/K width != V/O width must work there too
+    masked, pruned, _ = masked_and_pruned(PLANS["mixed"], attn="eager")
+    assert pruned.config._attn_implementation == "eager"
+    torch.testing.assert_close(logits(pruned), logits(masked), atol=1e-5, rtol=1e-5)
 
 
 def test_shapes_after_uneven_plan():
