@@ -108,6 +108,7 @@ def test_converted_tiny_en_params_match_spec(tiny_en):
     assert gen.forced_decoder_ids is None and 50357 in gen.suppress_tokens
 
 
+@pytest.mark.data
 def test_tiny_en_greedy_tokens_equal_ctranslate2(tiny_en, tmp_path):
     texts = _compare_with_ct2(
         tiny_en, _ct2_folder("tiny.en", tmp_path), ["<|startoftranscript|>", "<|notimestamps|>"], n_clips=3
@@ -116,6 +117,7 @@ def test_tiny_en_greedy_tokens_equal_ctranslate2(tiny_en, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.data
 def test_base_greedy_tokens_equal_ctranslate2(base_model, tmp_path):
     assert base_model.multilingual
     assert sum(p.numel() for p in base_model.model.parameters()) == base_model.spec.params() == 72_593_920

@@ -263,6 +263,27 @@ def test_atomic_dir_leaves_no_half_folder(tmp_path):
     assert _cache_entries(tmp_path) == ["out"] and (final / "ok").read_text() == "done"
 
 
+def test_atomic_dir_race_keeps_the_first_finished_folder(tmp_path):
+    final = tmp_path / "out"
+    with atomic_dir(final) as slow:
+        with atomic_dir(final) as fast:  # another process finishing first
+            (fast / DONE_MARKER).write_text("{}")
+            (fast / "w").write_text("first")
+        (slow / "w").write_text("second")
+    assert _cache_entries(tmp_path) == ["out"] and (final / "w").read_text() == "first"
+
+
+def test_atomic_dir_removes_stale_temps_of_killed_runs(tmp_path):
+    import os
+
+    stale = tmp_path / ".out.tmp-killed"
+    stale.mkdir()
+    os.utime(stale, (0, 0))
+    with atomic_dir(tmp_path / "out"):
+        pass
+    assert _cache_entries(tmp_path) == ["out"]
+
+
 # ---- the real tiny.en -----------------------------------------------------------------------------
 @pytest.mark.data
 def test_tiny_en_transcribes_jfk(tiny_en):

@@ -7,6 +7,7 @@ import hashlib
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -48,6 +49,18 @@ def file_chunks(paths: Iterable[Path], size: int = 1 << 22) -> Iterator[bytes]:
                 yield chunk
 
 
+STALE_TEMP_S = 3600  # a temp folder untouched this long belongs to a killed conversion
+
+
+def _remove_stale_temps(final: Path) -> None:
+    for old in final.parent.glob(f".{final.name}.tmp-*"):
+        try:
+            if time.time() - old.stat().st_mtime > STALE_TEMP_S:
+                shutil.rmtree(old, ignore_errors=True)
+        except FileNotFoundError:  # another process removed it first
+            continue
+
+
 @contextlib.contextmanager
 def atomic_dir(final: Path) -> Iterator[Path]:
     """Yield a temp folder beside ``final``; rename it to ``final`` only if the block succeeds.
@@ -56,6 +69,7 @@ def atomic_dir(final: Path) -> Iterator[Path]:
     ``final``). If another process finished ``final`` first, ours is discarded.
     """
     final.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temps(final)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
     try:
         yield tmp

@@ -126,7 +126,10 @@ def load_ct2_dir(source: str, options: LoadOptions) -> LoadedModel:
     _check_known_sizes(model_bin, sha)
     out_dir = converted_dir(options, "ct2", sha)
     tok = p / "tokenizer.json"
-    ct2_config = json.loads((p / "config.json").read_text(encoding="utf-8"))
+    try:
+        ct2_config = json.loads((p / "config.json").read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ModelLoadError(f"{p / 'config.json'} is not valid JSON ({exc}); re-copy the CTranslate2 folder") from exc
     _convert_once(out_dir, model_bin.read_bytes, ct2_config, tok if tok.is_file() else None,
                   {"source": str(p.resolve()), "kind": "ct2", "sha256": sha, "model_bin": str(model_bin)})
     rec = _record(out_dir)
