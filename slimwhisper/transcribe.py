@@ -100,7 +100,9 @@ class TorchTranscriber:
         self._generation = _generation_config(loaded, self.config)
         tokenizer = loaded.processor.tokenizer
         self._special = set(tokenizer.all_special_ids)
-        self._first_timestamp = tokenizer.convert_tokens_to_ids("<|0.00|>")
+        first = tokenizer.convert_tokens_to_ids("<|0.00|>")
+        # A tokenizer without timestamp tokens maps "<|0.00|>" to the unknown id: then none exist.
+        self._first_timestamp = first if tokenizer.convert_ids_to_tokens(first) == "<|0.00|>" else None
 
     def transcribe(self, audio: np.ndarray) -> Transcript:
         import torch
@@ -154,7 +156,10 @@ def _prompt_kwargs(loaded: LoadedModel, config: DecodeConfig) -> dict:
                 f"task={config.task!r}; use a multilingual model (e.g. --model base) or drop --language"
             )
         return {}
+    from transformers.models.whisper.tokenization_whisper import TO_LANGUAGE_CODE
+
     language = (config.language or "en").lower().strip("<|>")
+    language = TO_LANGUAGE_CODE.get(language, language)  # "english" -> "en", as transformers accepts
     lang_to_id = getattr(loaded.model.generation_config, "lang_to_id", None) or {}
     if lang_to_id and f"<|{language}|>" not in lang_to_id:
         codes = ", ".join(sorted(k.strip("<|>") for k in lang_to_id)[:12])

@@ -155,3 +155,15 @@ def test_tiny_en_on_librispeech_mini(tiny_en):
     result = evaluate(TorchTranscriber(tiny_en), load_dataset(mini, limit=3), progress=False)
     assert result.n == 3
     assert result.wer < 0.3, result.summary()
+
+
+def test_multilingual_language_forced_and_validated():
+    from slimwhisper.models.testing import tiny_random_loaded
+
+    loaded = tiny_random_loaded(vocab_size=51865)  # multilingual vocabulary size
+    loaded.multilingual = True
+    tr = TorchTranscriber(loaded, DecodeConfig(language="german", max_new_tokens=2))
+    assert tr._prompt == {"language": "de", "task": "transcribe"}
+    assert tr.transcribe(noise(1)).windows == 1
+    with pytest.raises(DecodeError, match="unknown language 'xx'"):
+        TorchTranscriber(loaded, DecodeConfig(language="xx"))
