@@ -298,3 +298,26 @@ def test_tiny_en_transcribes_jfk(tiny_en):
         ids = tiny_en.model.generate(feats)
     text = tiny_en.processor.batch_decode(ids, skip_special_tokens=True)[0]
     assert "ask not what your country can do for you" in text.lower()
+
+
+def test_transformers_folder_with_missing_weights_is_refused(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    loaded = tiny_random_loaded(seed=6)
+    loaded.model.save_pretrained(tmp_path / "m")
+    weights = load_file(tmp_path / "m" / "model.safetensors")
+    del weights["model.decoder.layers.1.fc2.weight"]
+    save_file(weights, tmp_path / "m" / "model.safetensors", metadata={"format": "pt"})
+    (tmp_path / "m" / "generation_config.json").unlink()
+    with pytest.raises(ModelLoadError, match=r"missing weights.*layers\.1\.fc2\.weight"):
+        load_model(str(tmp_path / "m"))
+
+
+def test_transformers_folder_without_processor_or_generation_config(tmp_path):
+    loaded = tiny_random_loaded(seed=7)
+    loaded.model.save_pretrained(tmp_path / "m")
+    (tmp_path / "m" / "generation_config.json").unlink()
+    again = load_model(str(tmp_path / "m"))
+    assert "bundled tiny.en" in again.extra["tokenizer_from"]
+    gen = again.model.generation_config
+    assert gen.no_timestamps_token_id == 50362 and 50357 in gen.suppress_tokens and not gen.is_multilingual

@@ -27,13 +27,30 @@ def load_transformers_folder(
     path: Path, options: LoadOptions, *, source: str, kind: str, name: str | None = None,
     sha256: str | None = None, extra: dict | None = None,
 ) -> LoadedModel:
-    """Load a Whisper folder in float32 with the requested attention and device."""
-    import torch
-    from transformers import GenerationConfig, WhisperForConditionalGeneration, WhisperProcessor
+    """Load a Whisper folder in float32 with the requested attention and device.
 
-    model = WhisperForConditionalGeneration.from_pretrained(
-        path, dtype=torch.float32, attn_implementation=options.attn_implementation
-    )
+    Refuses missing, unexpected or mis-shaped weights: transformers would only warn and leave
+    random values in place, which looks like a working but useless model.
+    """
+    import torch
+    from transformers import WhisperForConditionalGeneration, WhisperProcessor
+
+    try:
+        model, info = WhisperForConditionalGeneration.from_pretrained(
+            path, dtype=torch.float32, attn_implementation=options.attn_implementation, output_loading_info=True
+        )
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise ModelLoadError(f"cannot load the Whisper weights in {path}: {str(exc)[:600]}") from exc
+    problems = [f"{what}: {sorted(names)[:8]}" for what, names in (
+        ("missing weights", info.get("missing_keys")),
+        ("unexpected weights", info.get("unexpected_keys")),
+        ("mis-shaped weights", info.get("mismatched_keys")),
+    ) if names]
+    if problems:
+        raise ModelLoadError(
+            f"{path} does not hold a complete Whisper matching its config.json ({'; '.join(problems)}); "
+            "if it is a pruned model, load it from its slimwhisper folder (with spec.json)"
+        )
     model = model.to(options.device).eval()
     extra = dict(extra or {})
     if any((path / f).exists() for f in PROCESSOR_FILES):
@@ -41,8 +58,19 @@ def load_transformers_folder(
     else:
         processor = bundled_processor_for_vocab(model.config.vocab_size, model.config.num_mel_bins, extra)
     if not (path / "generation_config.json").exists():
-        model.generation_config = GenerationConfig.from_model_config(model.config)
-    return _loaded(model, processor, path=path, source=source, kind=kind, name=name or path.name, sha256=sha256, extra=extra)
+        model.generation_config = _default_generation_config(model.config, processor.tokenizer)
+    return _loaded(model, processor, path=path, source=source, kind=kind, name=name or path.name,
+                   sha256=sha256, extra=extra)
+
+
+def _default_generation_config(config, tokenizer):
+    """Whisper generation settings for a folder without generation_config.json (suppress lists
+    from the bundled model with the same vocabulary; no alignment heads: they are per checkpoint)."""
+    from slimwhisper.models.convert import generation_config_for
+
+    donor = TOKENIZER_FOR_VOCAB.get(config.vocab_size)
+    donor_config = BUNDLED[donor].ct2_config() if donor else {}
+    return generation_config_for(config, tokenizer, {**donor_config, "alignment_heads": []})
 
 
 def _loaded(model, processor, *, path, source, kind, name, sha256, extra) -> LoadedModel:
