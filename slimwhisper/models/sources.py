@@ -87,9 +87,7 @@ def _loaded(model, processor, *, path, source, kind, name, sha256, extra) -> Loa
 
 def bundled_processor_for_vocab(vocab: int, n_mels: int, extra: dict):
     """Borrow the bundled tokenizer whose vocabulary size matches (recorded in ``extra``)."""
-    from transformers import WhisperFeatureExtractor, WhisperProcessor
-
-    from slimwhisper.models.convert import build_tokenizer
+    from slimwhisper.models.convert import build_processor
 
     donor = TOKENIZER_FOR_VOCAB.get(vocab)
     if donor is None:
@@ -98,8 +96,7 @@ def bundled_processor_for_vocab(vocab: int, n_mels: int, extra: dict):
             f"(bundled: {TOKENIZER_FOR_VOCAB}); put tokenizer.json next to the weights"
         )
     extra["tokenizer_from"] = f"bundled {donor} (vocabulary size {vocab}); no tokenizer was found beside the weights"
-    tokenizer = build_tokenizer(BUNDLED[donor].tokenizer_json())
-    return WhisperProcessor(feature_extractor=WhisperFeatureExtractor(feature_size=n_mels), tokenizer=tokenizer)
+    return build_processor(BUNDLED[donor].tokenizer_json(), n_mels)
 
 
 # ---- CTranslate2 (bundled or a folder) -----------------------------------------------------------
@@ -161,7 +158,9 @@ def load_ct2_dir(source: str, options: LoadOptions) -> LoadedModel:
     _convert_once(out_dir, model_bin.read_bytes, ct2_config, tok if tok.is_file() else None,
                   {"source": str(p.resolve()), "kind": "ct2", "sha256": sha, "model_bin": str(model_bin)})
     rec = _record(out_dir)
-    extra = {"converted_from": "ctranslate2", **({"tokenizer_from": rec["tokenizer_from"]} if "tokenizer_from" in rec else {})}
+    extra = {"converted_from": "ctranslate2"}
+    if "tokenizer_from" in rec:
+        extra["tokenizer_from"] = rec["tokenizer_from"]
     return load_transformers_folder(out_dir, options, source=source, kind="ct2", name=p.resolve().name, sha256=sha,
                                     extra=extra)
 
@@ -238,14 +237,19 @@ def load_hub(source: str, options: LoadOptions) -> LoadedModel:
         )
         processor = WhisperProcessor.from_pretrained(source, local_files_only=not online)
     except (OSError, ValueError) as exc:  # transformers wraps connection / not-found errors in OSError
-        why = "has no such Whisper model" if online else "is not reachable (offline or no network) and it is not in the local Hugging Face cache"
+        why = (
+            "has no such Whisper model"
+            if online
+            else "is not reachable (offline or no network) and it is not in the local Hugging Face cache"
+        )
         raise ModelLoadError(
             f"could not load {source!r}: the Hugging Face hub {why} ({type(exc).__name__}: "
             f"{str(exc).splitlines()[0][:160]}). No local folder {source!r} exists either. "
             f"Pass a local folder or a bundled name ({', '.join(BUNDLED)})."
         ) from exc
     model = model.to(options.device).eval()
-    return _loaded(model, processor, path=None, source=source, kind="hub", name=source.split("/")[-1], sha256=None, extra={})
+    return _loaded(model, processor, path=None, source=source, kind="hub", name=source.split("/")[-1],
+                   sha256=None, extra={})
 
 
 BUNDLED_KIND = SourceKind("bundled", lambda s: s in BUNDLED, load_bundled,

@@ -41,10 +41,10 @@ def _tiny_en_parts():
 
 def tiny_en_processor(n_mels: int = 80) -> WhisperProcessor:
     """A fresh copy of the bundled tiny.en processor (tokenizer with timestamp tokens)."""
-    from transformers import WhisperFeatureExtractor
+    from slimwhisper.models.convert import processor_for
 
     tokenizer, _ = _tiny_en_parts()
-    return WhisperProcessor(feature_extractor=WhisperFeatureExtractor(feature_size=n_mels), tokenizer=copy.deepcopy(tokenizer))
+    return processor_for(copy.deepcopy(tokenizer), n_mels)
 
 
 def tiny_random_loaded(seed: int = 0, attn_implementation: str = "sdpa", **overrides) -> LoadedModel:
