@@ -139,7 +139,7 @@ def _write(loaded, model, spec, tmp: Path, config: ExportConfig, log) -> dict:
     }
     _save_manifest(tmp, manifest)
     manifest["parity"] = _parity(model, tmp, variants, config, log)
-    if config.quantize == "int8":  # the fp32 graphs were only needed for parity and conversion
+    if config.quantize == "int8" and not config.keep_fp32:  # the fp32 graphs were only needed for parity and conversion
         for part in ("encoder", "decoder"):
             (tmp / f"{part}.onnx").unlink()
         del variants["fp32"]

@@ -30,6 +30,7 @@ class ExportConfig:
     opset: int = 20
     quantize: str | None = None  # None (fp32) or "int8" (dynamic, per-channel weights)
     fp16: bool = False  # also write an fp16 copy for GPU providers
+    keep_fp32: bool = False  # with quantize: keep the fp32 graphs in the bundle too (variant "fp32")
     ort: bool = False  # also write .ort files + required-operators config for ORT Mobile builds
     parity: ParityTolerance = field(default_factory=ParityTolerance)
     parity_clips: int = 2  # real clips decoded greedily in the parity check

@@ -166,7 +166,7 @@ def export_encoder(model: WhisperForConditionalGeneration, spec: ArchSpec, path:
     batch = torch.export.Dim("batch", min=1, max=64)
     x = torch.randn(2, spec.n_mels, N_FRAMES)
     with eager_attention(model), torch.no_grad(), _quiet():
-        _export(EncoderGraph(model), (x,), io_, ({0: batch},), path, opset)
+        _export(EncoderGraph(model).eval(), (x,), io_, ({0: batch},), path, opset)
     return io_
 
 
@@ -181,7 +181,7 @@ def export_decoder(model: WhisperForConditionalGeneration, spec: ArchSpec, path:
     # ``*kv`` is one varargs tuple for torch.export, so its shapes are one nested tuple.
     dyn = ({0: batch, 1: tokens}, tuple([{0: batch, 2: past}] * n + [{0: batch}] * n))
     with eager_attention(model), torch.no_grad(), _quiet():
-        _export(DecoderGraph(model), (ids, *kv), io_, dyn, path, opset)
+        _export(DecoderGraph(model).eval(), (ids, *kv), io_, dyn, path, opset)
     untie_free_projection(path, model)
     return io_
 

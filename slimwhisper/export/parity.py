@@ -29,6 +29,15 @@ class ParityError(AssertionError):
         super().__init__("ONNX export does not match PyTorch:\n  - " + "\n  - ".join(problems))
 
 
+def edit_distance(a: list[int], b: list[int]) -> int:
+    row = list(range(len(b) + 1))
+    for i, x in enumerate(a, 1):
+        prev, row[0] = row[0], i
+        for j, y in enumerate(b, 1):
+            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (x != y))
+    return row[-1]
+
+
 @dataclass
 class ClipParity:
     clip: str
@@ -43,9 +52,9 @@ class ClipParity:
 
     @property
     def token_agreement(self) -> float:
+        """1 - token edit distance / longer length (an insertion does not count every later token)."""
         a, b = self.torch_tokens, self.onnx_tokens
-        n = max(len(a), len(b), 1)
-        return sum(x == y for x, y in zip(a, b)) / n
+        return 1.0 - edit_distance(a, b) / max(len(a), len(b), 1)
 
 
 @dataclass

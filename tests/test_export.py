@@ -1,0 +1,173 @@
+"""ONNX export: spec-shaped graphs (dense and uneven), parity, int8 sharing, atomic bundle writes."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+
+from slimwhisper.export.config import ExportConfig, ExportConfigError, ParityTolerance
+from slimwhisper.spec import ArchSpec, AttnSpec, LayerSpec
+
+
+def A(heads, qk, vo):
+    return AttnSpec(heads=heads, qk_dim=qk, vo_dim=vo, scale_dim=16)
+
+
+UNEVEN = ArchSpec(
+    d_model=64, n_mels=80, vocab=51864, n_audio_ctx=1500, n_text_ctx=448,
+    encoder=(LayerSpec(A(4, 16, 16), 128, 0), LayerSpec(A(2, 8, 16), 96, 1)),
+    decoder=(
+        LayerSpec(A(3, 16, 8), 100, 0, cross_attn=A(2, 16, 12)),
+        LayerSpec(A(1, 8, 16), 64, 1, cross_attn=A(4, 16, 16)),
+        LayerSpec(A(2, 12, 4), 32, 3, cross_attn=A(1, 4, 8)),
+    ),
+)
+
+
+def uneven_loaded():
+    import torch
+
+    from slimwhisper.models.api import LoadedModel
+    from slimwhisper.models.slim import model_from_spec, spec_from_model
+    from slimwhisper.models.testing import tiny_en_processor, tiny_random_loaded
+
+    base = tiny_random_loaded()
+    torch.manual_seed(1)
+    model = model_from_spec(base.model.config, UNEVEN).eval()
+    model.generation_config = base.model.generation_config
+    assert spec_from_model(model) == UNEVEN
+    return LoadedModel(model=model, processor=tiny_en_processor(), spec=UNEVEN, name="tiny-uneven",
+                       source="test", kind="testing", multilingual=False)
+
+
+@pytest.fixture(scope="module")
+def uneven_bundle(tmp_path_factory):
+    from slimwhisper.export.bundle import export_bundle
+
+    loaded = uneven_loaded()
+    out = tmp_path_factory.mktemp("uneven") / "bundle"
+    cfg = ExportConfig(quantize="int8", keep_fp32=True, ort=True, parity_clips=1, parity_max_tokens=12, threads=1)
+    manifest = export_bundle(loaded, out, cfg, log=lambda m: None)
+    return loaded, out, manifest
+
+
+def torch_tokens(loaded, audio, n=16):
+    from slimwhisper.transcribe import DecodeConfig, TorchTranscriber
+
+    return TorchTranscriber(loaded, DecodeConfig(max_new_tokens=n)).transcribe(audio).tokens
+
+
+def bundle_tokens(out, audio, n=16, variant=None):
+    from slimwhisper.runtime import BundleTranscriber, DecodeOptions
+
+    rt = BundleTranscriber(out, threads=1, variant=variant, options=DecodeOptions(max_new_tokens=n))
+    return rt.transcribe(audio).tokens
+
+
+def speechlike(seconds=2.0, seed=0):
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(16000 * seconds)) / 16000
+    return (0.3 * np.sin(2 * np.pi * 220 * t) * np.sin(2 * np.pi * 3 * t) + 0.02 * rng.standard_normal(t.size)).astype(
+        np.float32)
+
+
+def test_uneven_graph_inputs_follow_each_layers_spec(uneven_bundle):
+    _, out, manifest = uneven_bundle
+    assert ArchSpec.from_dict(manifest["spec"]) == UNEVEN
+    dec = onnx.load(str(out / "decoder.onnx"))
+    shapes = {i.name: [d.dim_value or d.dim_param for d in i.type.tensor_type.shape.dim] for i in dec.graph.input}
+    for i, layer in enumerate(UNEVEN.decoder):
+        a, c = layer.self_attn, layer.cross_attn
+        assert shapes[f"past_k.{i}"][1::2] == [a.heads, a.qk_dim]
+        assert shapes[f"past_v.{i}"][1::2] == [a.heads, a.vo_dim]
+        assert shapes[f"cross_k.{i}"][1:] == [c.heads, 1500, c.qk_dim]
+        assert shapes[f"cross_v.{i}"][1:] == [c.heads, 1500, c.vo_dim]
+    assert isinstance(shapes["input_ids"][1], str)  # dynamic token axis
+
+
+def test_uneven_parity_recorded_and_runtime_matches_torch(uneven_bundle):
+    loaded, out, manifest = uneven_bundle
+    p = manifest["parity"]["fp32"]
+    assert p["tokens_identical"] and p["logits_max_abs"] < 1e-3 and p["encoder_max_abs"] < 1e-3
+    audio = speechlike()
+    want = torch_tokens(loaded, audio)
+    assert len(want) > 0
+    assert bundle_tokens(out, audio) == want
+    # The ORT-format files (ORT Mobile, here of the int8 graphs) decode like the int8 ONNX files.
+    assert bundle_tokens(out, audio, variant="int8-ort") == bundle_tokens(out, audio, variant="int8")
+    assert (out / "required_operators.config").read_text().count("ai.onnx") >= 3
+
+
+def test_dense_runtime_matches_torch(tiny_bundle):
+    loaded, out = tiny_bundle
+    for seed in (0, 1):
+        audio = speechlike(1.5 + seed, seed)
+        assert bundle_tokens(out, audio) == torch_tokens(loaded, audio)
+
+
+def test_int8_shares_the_tied_embedding_and_reports_parity(uneven_bundle):
+    _, out, manifest = uneven_bundle
+    assert set(manifest["variants"]) == {"fp32", "int8", "int8-ort"} and manifest["default_variant"] == "int8"
+    dec = onnx.load(str(out / "decoder.int8.onnx"))
+    big = [(i.name, i.data_type) for i in dec.graph.initializer if 51864 in i.dims and len(i.dims) == 2]
+    assert big == [("proj_out.weight_T_quantized", onnx.TensorProto.INT8)]  # one table, 1 byte/weight
+    assert "MatMulInteger" in {n.op_type for n in dec.graph.node}
+    rep = manifest["parity"]["int8"]
+    assert rep["checked"] and 0.0 <= rep["token_agreement"] <= 1.0 and rep["logits_max_abs"] > 0
+    assert manifest["parity"]["fp32"]["tokens_identical"]
+    assert (out / "decoder.int8.onnx").stat().st_size < 0.4 * (out / "decoder.onnx").stat().st_size
+
+
+def test_parity_error_lists_each_output(tiny_bundle):
+    import torch
+
+    from slimwhisper.export.parity import ParityError, check_parity
+    from slimwhisper.models.testing import tiny_random_loaded
+
+    _, out = tiny_bundle
+    changed = tiny_random_loaded()  # same seed as the bundle, then perturbed
+    with torch.no_grad():
+        changed.model.model.encoder.layer_norm.bias.add_(0.5)
+    with pytest.raises(ParityError) as err:
+        check_parity(changed.model, out, "fp32", clips=1, max_new_tokens=4, tolerance=ParityTolerance(), threads=1)
+    text = str(err.value)
+    assert "encoder output encoder_hidden_states" in text and "cross_k.0" in text and "cross_v.1" in text
+    assert err.value.report.clips[0].encoder_max_abs["encoder_hidden_states"] > 0.1
+
+
+def test_existing_out_is_refused_unless_force(tiny_bundle, tmp_path):
+    from slimwhisper.export.bundle import ExportError, export_bundle
+
+    loaded, _ = tiny_bundle
+    out = tmp_path / "b"
+    out.mkdir()
+    (out / "keep.txt").write_text("user data")
+    with pytest.raises(ExportError, match="--force"):
+        export_bundle(loaded, out, ExportConfig(parity_clips=1, parity_max_tokens=2))
+    assert (out / "keep.txt").read_text() == "user data"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".b.tmp")]
+
+
+def test_manifest_lists_sha256_of_every_file(tiny_bundle):
+    from slimwhisper.runtime import sha256_file
+
+    _, out = tiny_bundle
+    m = json.loads((out / "manifest.json").read_text())
+    on_disk = {p.name for p in out.iterdir()} - {"manifest.json"}
+    assert set(m["files"]) == on_disk
+    assert all(sha256_file(out / n) == h for n, h in m["files"].items())
+    tok = m["tokenizer"]
+    assert (tok["sot"], tok["eot"], tok["no_timestamps"]) == (50257, 50256, 50362)
+    assert m["decode"]["begin_suppress_tokens"] == [220, 50256]
+    assert json.loads((out / "export_config.json").read_text()) == m["export_config"]
+
+
+def test_export_config_reports_every_problem():
+    with pytest.raises(ExportConfigError) as err:
+        ExportConfig(quantize="int4", opset=9, threads=0)
+    assert len(err.value.problems) == 3
+    cfg = ExportConfig(quantize="int8")
+    assert ExportConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg

@@ -1,0 +1,118 @@
+"""Torch-free runtime: front-end equality, tokenizer, integrity checks, import without torch."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from slimwhisper.runtime import AudioError, BundleError, BundleTranscriber, TokenDecoder, log_mel, resample
+
+
+@pytest.mark.parametrize("seconds", [0.7, 12.0, 31.0])
+def test_log_mel_equals_whisper_feature_extractor(seconds):
+    from transformers import WhisperFeatureExtractor
+
+    fe = WhisperFeatureExtractor(feature_size=80)
+    rng = np.random.default_rng(3)
+    t = np.arange(int(16000 * seconds)) / 16000
+    audio = (0.4 * np.sin(2 * np.pi * 440 * t) + 0.1 * rng.standard_normal(t.size)).astype(np.float32)
+    want = fe(audio, sampling_rate=16000, return_tensors="np").input_features[0]
+    got = log_mel(audio, fe.mel_filters)
+    assert got.shape == want.shape == (80, 3000)
+    assert np.max(np.abs(got - want)) < 1e-4
+
+
+def test_resample_keeps_pitch_and_duration():
+    t = np.arange(8000) / 8000
+    y = resample(np.sin(2 * np.pi * 300 * t).astype(np.float32), 8000)
+    assert len(y) == 16000
+    assert np.argmax(np.abs(np.fft.rfft(y))) == 300  # 1 s at 16 kHz: bin index = Hz
+
+
+def test_token_decoder_matches_transformers(tiny_bundle):
+    loaded, out = tiny_bundle
+    tok = loaded.processor.tokenizer
+    text = " Hello, world! Ünïcödé — 42 tokens, naïve café."
+    ids = tok.encode(text, add_special_tokens=False)
+    dec = TokenDecoder(out / "tokenizer.json", first_special=50256)
+    assert dec.decode(ids) == tok.decode(ids) == text
+    assert dec.decode([50257, *ids, 50362, 50256]) == text  # specials and timestamps skipped
+
+
+def test_transcriber_fields_and_long_audio_windows(tiny_bundle):
+    _, out = tiny_bundle
+    from slimwhisper.runtime import DecodeOptions
+
+    rt = BundleTranscriber(out, threads=1, options=DecodeOptions(max_new_tokens=3))
+    r = rt.transcribe(np.zeros(16000 * 65, dtype=np.float32) + 0.01)
+    assert r.windows == 3 and len(r.window_texts) == 3
+    assert r.total_s >= r.encoder_s > 0 and isinstance(r.text, str) and all(t < 50256 for t in r.tokens)
+    r8k = rt.transcribe(np.zeros(8000, dtype=np.float32), sr=8000)
+    assert r8k.windows == 1
+
+
+def test_bad_audio_is_refused(tiny_bundle):
+    rt = BundleTranscriber(tiny_bundle[1], threads=1)
+    with pytest.raises(AudioError, match="empty"):
+        rt.transcribe(np.zeros(0, dtype=np.float32))
+    with pytest.raises(AudioError, match="NaN"):
+        rt.transcribe(np.full(100, np.nan, dtype=np.float32))
+
+
+@pytest.fixture
+def bundle_copy(tiny_bundle, tmp_path):
+    dst = tmp_path / "copy"
+    shutil.copytree(tiny_bundle[1], dst)
+    return dst
+
+
+def test_altered_file_is_detected(bundle_copy):
+    data = bytearray((bundle_copy / "decoder.onnx").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (bundle_copy / "decoder.onnx").write_bytes(bytes(data))
+    with pytest.raises(BundleError, match="decoder.onnx was altered"):
+        BundleTranscriber(bundle_copy)
+
+
+def test_missing_file_is_detected(bundle_copy):
+    (bundle_copy / "mel_filters.npy").unlink()
+    with pytest.raises(BundleError, match="missing file mel_filters.npy"):
+        BundleTranscriber(bundle_copy)
+
+
+def test_unknown_manifest_version_and_provider(bundle_copy):
+    with pytest.raises(BundleError, match="provider"):
+        BundleTranscriber(bundle_copy, providers=["NoSuchExecutionProvider"])
+    path = bundle_copy / "manifest.json"
+    m = json.loads(path.read_text())
+    m["format_version"] = 99
+    path.write_text(json.dumps(m))
+    with pytest.raises(BundleError, match="format_version 99"):
+        BundleTranscriber(bundle_copy)
+    with pytest.raises(BundleError, match="not a slimwhisper bundle"):
+        BundleTranscriber(bundle_copy / "nowhere")
+
+
+def test_runtime_imports_and_transcribes_without_torch(tiny_bundle):
+    _, out = tiny_bundle
+    code = textwrap.dedent(f"""
+        import sys
+        sys.modules["torch"] = None  # any 'import torch' now raises ImportError
+        sys.modules["transformers"] = None
+        import numpy as np
+        from slimwhisper.runtime import BundleTranscriber, DecodeOptions
+        rt = BundleTranscriber({str(out)!r}, threads=1, options=DecodeOptions(max_new_tokens=4))
+        r = rt.transcribe(np.sin(np.arange(16000) / 10).astype(np.float32))
+        assert r.windows == 1 and isinstance(r.text, str)
+        assert "torch" not in [m.split(".")[0] for m, v in sys.modules.items() if v is not None]
+        print("ok", r.tokens)
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("ok")
