@@ -31,3 +31,16 @@ def tiny_random():
     from slimwhisper.models.testing import tiny_random_loaded
 
     return tiny_random_loaded()
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory):
+    """(LoadedModel, bundle dir): the tiny random model exported to an fp32 bundle (parity-checked)."""
+    from slimwhisper.export.bundle import export_bundle
+    from slimwhisper.export.config import ExportConfig
+    from slimwhisper.models.testing import tiny_random_loaded
+
+    loaded = tiny_random_loaded()
+    out = tmp_path_factory.mktemp("bundles") / "tiny"
+    export_bundle(loaded, out, ExportConfig(parity_clips=1, parity_max_tokens=12, threads=1), log=lambda m: None)
+    return loaded, out
