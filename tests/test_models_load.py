@@ -323,3 +323,9 @@ def test_transformers_folder_without_processor_or_generation_config(tmp_path):
     assert "bundled tiny.en" in again.extra["tokenizer_from"]
     gen = again.model.generation_config
     assert gen.no_timestamps_token_id == 50362 and 50357 in gen.suppress_tokens and not gen.is_multilingual
+
+
+def test_unusable_device_is_a_clear_error(tmp_path):
+    tiny_random_loaded(seed=8).model.save_pretrained(tmp_path / "m")
+    with pytest.raises(ModelLoadError, match="cannot move the model to device 'no-such-device'.*device='cpu'"):
+        load_model(str(tmp_path / "m"), LoadOptions(device="no-such-device"))

@@ -51,7 +51,7 @@ def load_transformers_folder(
             f"{path} does not hold a complete Whisper matching its config.json ({'; '.join(problems)}); "
             "if it is a pruned model, load it from its slimwhisper folder (with spec.json)"
         )
-    model = model.to(options.device).eval()
+    model = _to_device(model, options.device)
     extra = dict(extra or {})
     if any((path / f).exists() for f in PROCESSOR_FILES):
         processor = WhisperProcessor.from_pretrained(path)
@@ -71,6 +71,15 @@ def _default_generation_config(config, tokenizer):
     donor = TOKENIZER_FOR_VOCAB.get(config.vocab_size)
     donor_config = BUNDLED[donor].ct2_config() if donor else {}
     return generation_config_for(config, tokenizer, {**donor_config, "alignment_heads": []})
+
+
+def _to_device(model, device: str):
+    import torch
+
+    try:
+        return model.to(torch.device(device)).eval()
+    except (RuntimeError, AssertionError) as exc:  # e.g. "Torch not compiled with CUDA enabled"
+        raise ModelLoadError(f"cannot move the model to device {device!r}: {exc}; use device='cpu'") from exc
 
 
 def _loaded(model, processor, *, path, source, kind, name, sha256, extra) -> LoadedModel:
@@ -247,7 +256,7 @@ def load_hub(source: str, options: LoadOptions) -> LoadedModel:
             f"{str(exc).splitlines()[0][:160]}). No local folder {source!r} exists either. "
             f"Pass a local folder or a bundled name ({', '.join(BUNDLED)})."
         ) from exc
-    model = model.to(options.device).eval()
+    model = _to_device(model, options.device)
     return _loaded(model, processor, path=None, source=source, kind="hub", name=source.split("/")[-1],
                    sha256=None, extra={})
 
