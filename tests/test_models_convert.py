@@ -126,3 +126,47 @@ def test_base_greedy_tokens_equal_ctranslate2(base_model, tmp_path):
     prompt = ["<|startoftranscript|>", "<|en|>", "<|transcribe|>", "<|notimestamps|>"]
     texts = _compare_with_ct2(base_model, _ct2_folder("base", tmp_path), prompt, n_clips=4)
     assert "stew for dinner" in texts[0].lower()
+
+
+def _ct2_bytes(variables, aliases=(), version=6, trailing=b""):
+    """A model.bin in ctranslate2's layout (specs/model_spec.py ``_serialize``)."""
+    import struct
+
+    def string(s: str) -> bytes:
+        raw = s.encode() + b"\0"
+        return struct.pack("<H", len(raw)) + raw
+
+    out = struct.pack("<I", version) + string("WhisperSpec") + struct.pack("<II", 3, len(variables))
+    for name, dtype_id, shape, raw in variables:
+        out += string(name) + struct.pack("<B", len(shape)) + struct.pack(f"<{len(shape)}I", *shape)
+        out += struct.pack("<BI", dtype_id, len(raw)) + raw
+    out += struct.pack("<I", len(aliases)) + b"".join(string(a) + string(t) for a, t in aliases)
+    return out + trailing
+
+
+def test_reader_dtypes_aliases_and_damage():
+    from slimwhisper.models.ct2 import CT2FormatError
+
+    w = np.arange(6, dtype=np.float32).reshape(2, 3)
+    bf16 = (w.view(np.uint32) >> 16).astype(np.uint16)  # exact for small integers
+    variables = [
+        ("a/weight", 0, (2, 3), w.tobytes()),
+        ("b/weight", 5, (2, 3), bf16.tobytes()),
+        ("q/weight", 1, (2, 3), np.array([[127, -127, 0], [1, 2, 3]], np.int8).tobytes()),
+        ("q/weight_scale", 0, (2,), np.array([127.0, 2.0], np.float32).tobytes()),
+        ("num_heads", 2, (), np.int16(6).tobytes()),
+    ]
+    model = read_ct2(_ct2_bytes(variables, [("p/weight", "a/weight")]))
+    assert np.array_equal(model.get("p/weight"), w) and np.array_equal(model.variables["b/weight"], w)
+    assert int(model.variables["num_heads"]) == 6
+    assert np.allclose(model.float32("q/weight"), [[1, -1, 0], [0.5, 1, 1.5]])
+    with pytest.raises(CT2FormatError, match="version 9"):
+        read_ct2(_ct2_bytes(variables, version=9))
+    with pytest.raises(CT2FormatError, match="trailing bytes"):
+        read_ct2(_ct2_bytes(variables, trailing=b"x"))
+    with pytest.raises(CT2FormatError, match="truncated"):
+        read_ct2(_ct2_bytes(variables)[:-20])
+    with pytest.raises(CT2FormatError, match="unknown dtype id 7"):
+        read_ct2(_ct2_bytes([("x", 7, (1,), b"\0")]))
+    with pytest.raises(CT2FormatError, match="has 4 bytes, expected 8"):
+        read_ct2(_ct2_bytes([("x", 0, (2,), b"\0" * 4)]))

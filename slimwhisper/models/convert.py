@@ -133,10 +133,9 @@ def _t(arr: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.array(arr, dtype=np.float32))  # a writable float32 copy
 
 
-def _linear(ct2: CT2Model, src: str, dst: str, out: dict, bias: bool = True) -> None:
+def _linear(ct2: CT2Model, src: str, dst: str, out: dict) -> None:
     out[f"{dst}.weight"] = _t(ct2.float32(f"{src}/weight"))
-    if bias:
-        out[f"{dst}.bias"] = _t(ct2.get(f"{src}/bias"))
+    out[f"{dst}.bias"] = _t(ct2.get(f"{src}/bias"))
 
 
 def _norm(ct2: CT2Model, src: str, dst: str, out: dict) -> None:
@@ -152,6 +151,8 @@ def _split(ct2: CT2Model, src: str, dst: str, names: tuple[str, ...], out: dict)
         out[f"{dst}.{name}_proj.weight"] = _t(w)
         if name != "k":
             out[f"{dst}.{name}_proj.bias"] = _t(b)
+        elif np.any(b):  # dropping it would silently change the model
+            raise CT2FormatError(f"{src}/bias has a non-zero key bias; Whisper's key projection has none")
 
 
 def state_dict_from_ct2(ct2: CT2Model, config: WhisperConfig) -> dict[str, torch.Tensor]:
