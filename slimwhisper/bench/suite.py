@@ -68,6 +68,11 @@ def plan_entries(config: BenchConfig) -> tuple[list[Entry], list[dict[str, str]]
             raise BenchError(f"no chosen backend reads {target.source} (a {target.kind}); add --backend "
                              f"{DEFAULT_BACKEND[target.kind]}")
         entries += [Entry(target, get_backend(n).name) for n in dict.fromkeys(mine)]
+    seen: dict[str, int] = {}
+    for entry in entries:  # the same label twice (e.g. one folder benched twice) gets a suffix
+        seen[entry.id] = seen.get(entry.id, 0) + 1
+        if seen[entry.id] > 1:
+            entry.target.label += f" #{seen[entry.id]}"
     return entries, skipped
 
 
@@ -192,10 +197,15 @@ def run_bench(config: BenchConfig, *, progress: bool = True, say: Callable[[str]
     dataset, clips = load_clips(config)  # before loading models: bad data fails fast
     open_entries(entries, config.threads, config.flops_context, say)
     runners = {e.id: e.runner for e in entries if e.status == OK}
-    if runners:
+    if runners:  # (re-checked below: an entry may fail on its first clip)
         timed = clips[: config.timing_limit] if config.timing_limit else clips
         with progress_bar(len(clips) * len(runners), "accuracy + warm-up", enabled=progress) as bar:
-            results = accuracy_pass(runners, clips, bar.advance)
+            results, failed = accuracy_pass(runners, clips, bar.advance)
+        for e in entries:
+            if e.id in failed:
+                e.mark(FAILED, failed[e.id])
+                runners.pop(e.id)
+    if runners:
         with progress_bar(len(timed) * len(runners) * config.repeat, f"timing x{config.repeat}", enabled=progress) as bar:
             timing = timing_passes(runners, timed, config.repeat, bar.advance)
         for e in entries:

@@ -47,15 +47,25 @@ def pass_figures(results: Sequence[ClipResult], clips: Sequence[Clip]) -> dict[s
 
 
 def accuracy_pass(runners: dict[str, Runner], clips: Sequence[Clip],
-                  step: Callable[[], None] | None = None) -> dict[str, list[ClipResult]]:
-    """Every runner transcribes every clip once (also the warm-up); clip-major, A B A B."""
+                  step: Callable[[], None] | None = None) -> tuple[dict[str, list[ClipResult]], dict[str, str]]:
+    """Every runner transcribes every clip once (also the warm-up); clip-major, A B A B.
+
+    A runner that raises is dropped from the rest of the run and its error returned (the
+    report shows it as failed) instead of ending the whole benchmark.
+    """
     out: dict[str, list[ClipResult]] = {name: [] for name in runners}
+    failed: dict[str, str] = {}
     for clip in clips:
         for name, runner in runners.items():
-            out[name].append(runner.transcribe(clip.audio))
+            if name in failed:
+                continue
+            try:
+                out[name].append(runner.transcribe(clip.audio))
+            except Exception as exc:  # noqa: BLE001 - recorded as this entry's failure, with the clip
+                failed[name] = f"clip {clip.id}: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
             if step:
                 step()
-    return out
+    return {k: v for k, v in out.items() if k not in failed}, failed
 
 
 def timing_passes(runners: dict[str, Runner], clips: Sequence[Clip], repeat: int,
