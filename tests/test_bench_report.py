@@ -164,3 +164,47 @@ def test_cli_bench_runs(tiny_folder, tiny_data, tmp_path):
              "--repeat", "1", "--no-memory", "--quiet", "--backend", "torch", "--backend", "torch-cuda")
     assert r.exit_code == 0, r.output
     assert "| entry |" in r.output and (out / "report.md").is_file()
+
+
+# ---- bundles ---------------------------------------------------------------------------------
+def test_bench_bundle_onnx_and_cuda_not_available(tiny_bundle, tiny_data, tmp_path):
+    import onnxruntime as ort
+
+    from slimwhisper.bench.config import BenchConfig
+    from slimwhisper.bench.suite import run_bench
+
+    loaded, bundle = tiny_bundle
+    cfg = BenchConfig(targets=(str(bundle),), data=str(tiny_data), out=str(tmp_path / "b"), threads=1, repeat=1,
+                      memory=False, backends=("onnx", "onnx-cuda", "torch"))
+    report = run_bench(cfg, progress=False, say=lambda m: None)
+    by = {e["backend"]: e for e in report["entries"]}
+    assert by["onnx"]["status"] == "ok"
+    assert by["onnx"]["info"]["providers"] == ["CPUExecutionProvider"]
+    assert by["onnx"]["static"]["params"] == loaded.spec.params()
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert by["onnx"]["static"]["file_bytes"] == sum((bundle / f).stat().st_size for f in manifest["files"]) + (
+        bundle / "manifest.json").stat().st_size
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        assert by["onnx-cuda"]["status"] == "not available"
+        assert "onnx-cuda" not in json.dumps(by["onnx"]["timing"])  # no CPU figure under a CUDA label
+        assert by["onnx-cuda"]["timing"] == {} and by["onnx-cuda"]["accuracy"] == {}
+    assert report["skipped"][0]["backend"] == "torch" and "not applicable" in report["skipped"][0]["reason"]
+
+
+def test_cuda_label_refused_when_sessions_run_on_cpu(tiny_bundle, monkeypatch):
+    import slimwhisper.runtime as runtime
+    from slimwhisper.bench import backends
+    from slimwhisper.bench.targets import resolve_target
+
+    class FakeSession:
+        def get_providers(self):
+            return ["CPUExecutionProvider", "CUDAExecutionProvider"]  # CUDA listed, CPU actually first
+
+    class FakeTranscriber:
+        def __init__(self, *args, **kwargs):
+            self.variant = "fp32"
+
+    monkeypatch.setattr(runtime, "BundleTranscriber", FakeTranscriber)
+    monkeypatch.setattr(backends, "_sessions", lambda tr: [FakeSession()])
+    with pytest.raises(backends.BackendUnavailable, match="not CUDAExecutionProvider"):
+        backends.get_backend("onnx-cuda").open(resolve_target(str(tiny_bundle[1])), 1)

@@ -147,10 +147,15 @@ def _sessions(obj: Any, depth: int = 2) -> list[Any]:
 
 
 def _bundle_runner(target: Target, threads: int, cuda: bool) -> Runner:
-    from slimwhisper.runtime import BundleTranscriber
+    from slimwhisper.runtime import BundleError, BundleTranscriber
 
     providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if cuda else ["CPUExecutionProvider"]
-    tr = BundleTranscriber(target.path, threads=threads, providers=providers, variant=target.variant)
+    try:
+        tr = BundleTranscriber(target.path, threads=threads, providers=providers, variant=target.variant)
+    except BundleError as exc:
+        if cuda and "provider" in str(exc):
+            raise BackendUnavailable(f"not available: {exc}") from exc
+        raise
     used = sorted({s.get_providers()[0] for s in _sessions(tr)})
     if cuda and used != ["CUDAExecutionProvider"]:
         # onnxruntime silently falls back to CPU when CUDA libraries are missing: never report

@@ -123,7 +123,9 @@ def markdown(report: dict[str, Any]) -> str:
     lines += ["", f"Ratios (×) are against **{ref['id'] if ref else '—'}**, the first entry that ran. "
               f"'vs ref WER %' = WER of each transcript against that entry's transcript. "
               f"dec MFLOP/tok at a self-attention context of {ctx} tokens; enc GFLOP excludes the decoder's "
-              "cross-attention K/V projections (listed in report.json as cross_kv_window).", ""]
+              "cross-attention K/V projections (listed in report.json as cross_kv_window). A slimwhisper bundle's "
+              "encoder graph also computes those K/V once per window, so its enc ms includes work that torch and "
+              "faster-whisper do inside their first decoder step.", ""]
     lines += [f"- {report['notes']['protocol']}", f"- {report['notes']['flops']}"]
     for e in entries:
         if e["status"] != "ok":

@@ -81,8 +81,8 @@ def bundle_bytes(target: Target) -> int | None:
     total = 0
     for f in target.path.rglob("*"):
         rel = f.relative_to(target.path).as_posix()
-        if f.is_file() and not any(rel == o or rel.startswith(o + ".") or rel.startswith(o.rsplit(".", 1)[0] + ".")
-                                   for o in others):
+        # "encoder.onnx" belongs to fp32, "encoder.onnx.data" is its external data, "encoder.int8.onnx" is not
+        if f.is_file() and not any(rel == o or rel.startswith(o + ".") for o in others):
             total += f.stat().st_size
     return total
 
