@@ -140,3 +140,17 @@ def test_synth_data_refuses_foreign_folder(tmp_path):
     result = runner.invoke(app, ["synth-data", str(tmp_path / "mine"), "--force"])
     assert_clean_error(result, "not a synthetic set")
     assert (tmp_path / "mine" / "keep.txt").read_text() == "user data"
+
+
+def test_eval_and_transcribe_with_a_bundle(tmp_path, tiny_bundle):
+    _, bundle = tiny_bundle
+    data = write_set(tmp_path / "set")
+    out = tmp_path / "b.json"
+    result = runner.invoke(app, ["eval", "--bundle", str(bundle), "--data", str(data), "--json", str(out), "-q"])
+    assert result.exit_code == 0, result.stderr
+    doc = json.loads(out.read_text())
+    assert doc["n"] == 2 and doc["model"].startswith("tiny-random") and doc["config"]["bundle"] == str(bundle)
+    result = runner.invoke(app, ["transcribe", "--bundle", str(bundle), str(data / "audio" / "u0.flac")])
+    assert result.exit_code == 0 and len(result.stdout.splitlines()) == 1, result.stderr
+    result = runner.invoke(app, ["eval", "--bundle", str(bundle), "--data", str(data), "--beam", "3"])
+    assert_clean_error(result, "greedily")
