@@ -164,7 +164,7 @@ def load_ct2_dir(source: str, options: LoadOptions) -> LoadedModel:
         ct2_config = json.loads((p / "config.json").read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ModelLoadError(f"{p / 'config.json'} is not valid JSON ({exc}); re-copy the CTranslate2 folder") from exc
-    _convert_once(out_dir, model_bin.read_bytes, ct2_config, tok if tok.is_file() else None,
+    _convert_once(out_dir, lambda: _bytes_with_hash(model_bin, sha), ct2_config, tok if tok.is_file() else None,
                   {"source": str(p.resolve()), "kind": "ct2", "sha256": sha, "model_bin": str(model_bin)})
     rec = _record(out_dir)
     extra = {"converted_from": "ctranslate2"}
@@ -172,6 +172,14 @@ def load_ct2_dir(source: str, options: LoadOptions) -> LoadedModel:
         extra["tokenizer_from"] = rec["tokenizer_from"]
     return load_transformers_folder(out_dir, options, source=source, kind="ct2", name=p.resolve().name, sha256=sha,
                                     extra=extra)
+
+
+def _bytes_with_hash(path: Path, sha: str) -> bytes:
+    """The file's bytes, refused if they changed since they were hashed (the cache is keyed by it)."""
+    data = path.read_bytes()
+    if sha256_of([data]) != sha:
+        raise ModelLoadError(f"{path} changed while it was being loaded; try again once it is complete")
+    return data
 
 
 def _check_known_sizes(model_bin: Path, sha: str) -> None:
