@@ -329,3 +329,20 @@ def test_unusable_device_is_a_clear_error(tmp_path):
     tiny_random_loaded(seed=8).model.save_pretrained(tmp_path / "m")
     with pytest.raises(ModelLoadError, match="cannot move the model to device 'no-such-device'.*device='cpu'"):
         load_model(str(tmp_path / "m"), LoadOptions(device="no-such-device"))
+
+
+def test_same_size_but_different_model_is_not_called_tampered(tmp_path):
+    """A fine-tuned tiny.en has the bundled file's size but other weights: not a damaged copy."""
+    import shutil
+
+    from slimwhisper.models.sources import _check_known_sizes
+
+    src = BUNDLED["tiny.en"].files_dir()
+    other = tmp_path / "model.bin"
+    data = bytearray((src / "model.bin").read_bytes())
+    for i in range(len(data) // 2, len(data), 4096):  # change every block of the second half
+        data[i] ^= 0x01
+    other.write_bytes(bytes(data))
+    _check_known_sizes(other, "f" * 64)  # no error
+    shutil.copy(src / "model.bin", other)
+    _check_known_sizes(other, BUNDLED["tiny.en"].sha256)  # the genuine file: no error
