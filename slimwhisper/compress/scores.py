@@ -99,15 +99,19 @@ class GroupIndex:
         return sorted({name for name, _ in self.entries})
 
     def reduce(self, per_element: Callable[[str], torch.Tensor]) -> torch.Tensor:
-        """sum over each group's elements of ``per_element(param_name)`` (float64, shape [G])."""
+        """sum over each group's elements of ``per_element(param_name)`` (shape [G], float64).
+
+        Element-wise work stays in the tensor's dtype; only the reduced vectors (one entry per
+        row/column) are accumulated in float64, so scores of many groups add up exactly enough.
+        """
         out = torch.zeros(len(self.groups), dtype=torch.float64)
         cache: dict[str, torch.Tensor] = {}
         for (name, dim), (pos, ids) in self.entries.items():
             if name not in cache:
-                cache[name] = per_element(name).detach().to("cpu", torch.float64)
+                cache[name] = per_element(name).detach()
             x = cache[name]
             other = [d for d in range(x.dim()) if d != dim]
-            vec = x.sum(dim=other) if other else x
+            vec = (x.sum(dim=other) if other else x).to("cpu", torch.float64)
             out.index_add_(0, ids, vec[pos])
         return out
 
@@ -116,28 +120,26 @@ class GroupIndex:
 
 
 class GradStats:
-    """What every gradient score needs, accumulated in one pass (per-sample grads, batch 1).
+    """What the gradient scores need, accumulated in one pass (per-sample grads, batch 1).
 
-    ``sum_sq[name]``: sum_n g_n^2 per element (diagonal empirical Fisher x N);
-    ``taylor_abs``: sum_n |sum_{j in G} w_j g_nj| per group; extra ``observers`` (e.g. the
-    sensitivity table) see every per-sample gradient too.
+    ``sum_sq[name]``: sum_n g_n^2 per element (N x diagonal empirical Fisher), when ``fisher``;
+    ``taylor_abs``: sum_n |sum_{j in G} w_j g_nj| per group, when ``taylor``.
     """
 
-    def __init__(self, index: GroupIndex, weights: dict[str, torch.Tensor]):
+    def __init__(self, index: GroupIndex, weights: dict[str, torch.Tensor], fisher: bool = True, taylor: bool = True):
         self.index, self.weights = index, weights
         self.n = 0
         self.loss_sum = 0.0
-        self.sum_sq = {n: torch.zeros_like(w, dtype=torch.float32) for n, w in weights.items()}
-        self.taylor_abs = torch.zeros(len(index.groups), dtype=torch.float64)
+        self.sum_sq = {n: torch.zeros_like(w, dtype=torch.float32) for n, w in weights.items()} if fisher else {}
+        self.taylor_abs = torch.zeros(len(index.groups), dtype=torch.float64) if taylor else None
 
     def update(self, loss: float, grads: dict[str, torch.Tensor]) -> None:
         self.n += 1
         self.loss_sum += loss
-        for name, g in grads.items():
-            if name in self.sum_sq:
-                self.sum_sq[name].add_(g.float().square())
-        first = self.index.reduce(lambda name: self.weights[name] * grads[name])
-        self.taylor_abs += first.abs()
+        for name, acc in self.sum_sq.items():
+            acc.addcmul_(grads[name], grads[name])
+        if self.taylor_abs is not None:
+            self.taylor_abs += self.index.reduce(lambda name: self.weights[name] * grads[name]).abs()
 
 
 def run_pass(model, examples: list[CalibExample], stats: list, progress: bool = True, label: str = "calibration") -> None:
@@ -250,7 +252,8 @@ def score_groups(
     if any(c.needs_grads for c in configs) or observers:
         if not examples:
             raise ScoreError("gradient scores need calibration examples (at least 1)")
-        stats = GradStats(index, weights)
+        names = {c.name for c in configs}
+        stats = GradStats(index, weights, fisher="fisher" in names, taylor="taylor" in names)
         run_pass(model, examples, [stats, *(observers or [])], progress=progress)
     out = {}
     for c in configs:
