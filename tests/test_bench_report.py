@@ -120,6 +120,7 @@ def test_memory_of_fresh_child(tiny_folder, tmp_path):
     mem = measure_fresh("torch", str(tiny_folder), audio, threads=1)
     assert mem["peak_rss_mb"] >= mem["loaded_rss_mb"] >= mem["imports_rss_mb"] > mem["python_rss_mb"] > 0
     assert mem["load_s"] > 0
+    assert mem["vm_hwm_mb"] <= mem["peak_rss_mb"] + 1  # own-mm peak never exceeds wait4's figure
 
 
 def test_memory_child_failure_is_reported(tmp_path):

@@ -20,14 +20,21 @@ from pathlib import Path
 from typing import Any
 
 
-def current_rss_mb() -> float:
-    """Resident set size now (Linux /proc; falls back to the peak so far elsewhere)."""
+def _status_mb(field: str) -> float | None:
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024
     except OSError:
         pass
+    return None
+
+
+def current_rss_mb() -> float:
+    """Resident set size now (Linux /proc; falls back to the peak so far elsewhere)."""
+    now = _status_mb("VmRSS")
+    if now is not None:
+        return now
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -59,6 +66,8 @@ def measure_fresh(backend: str, source: str, audio_npy: Path, threads: int, time
             raise RuntimeError(f"memory child for {backend}:{source} failed (exit {proc.returncode}): " + " | ".join(tail))
         report = json.loads(out_path.read_text().strip().splitlines()[-1])
     report["peak_rss_mb"] = usage.ru_maxrss / 1024  # Linux: kilobytes
+    # Cross-check: VmHWM is the peak of the child's own address space since exec; ru_maxrss
+    # also counts the parent's RSS at fork time, so it can only be larger.
     return report
 
 
@@ -81,7 +90,8 @@ def _child(request_path: str) -> None:
     loaded_mb = current_rss_mb()
     result = runner.transcribe(audio)
     print(json.dumps({"python_rss_mb": python_mb, "imports_rss_mb": imports_mb, "loaded_rss_mb": loaded_mb,
-                      "load_s": load_s, "transcribe_s": result.total_s, "text": result.text}), flush=True)
+                      "vm_hwm_mb": _status_mb("VmHWM"), "load_s": load_s, "transcribe_s": result.total_s,
+                      "text": result.text}), flush=True)
 
 
 if __name__ == "__main__":

@@ -168,20 +168,21 @@ def score_entries(entries: list[Entry], clips) -> None:
 def measure_memory(entries: list[Entry], clip, threads: int, say: Callable[[str], None]) -> None:
     import numpy as np
 
-    from slimwhisper.bench.memory import measure_fresh
+    from slimwhisper.bench.memory import current_rss_mb, measure_fresh
 
     with tempfile.TemporaryDirectory(prefix="slimwhisper-bench-") as tmp:
         audio = Path(tmp) / "clip.npy"
         np.save(audio, np.asarray(clip.audio, dtype=np.float32))
         for entry in entries:
-            if entry.status != OK:
+            if entry.status != OK or unavailable_reason(get_backend(entry.backend)):
                 continue
             say(f"memory: fresh process for {entry.id}")
+            parent_mb = current_rss_mb()
             try:
                 entry.memory = measure_fresh(entry.backend, entry.target.source, audio, threads)
-                entry.memory["clip"] = clip.id
             except RuntimeError as exc:
                 entry.memory = {"error": str(exc)}
+            entry.memory.update(clip=clip.id, parent_rss_mb_at_spawn=parent_mb)
 
 
 def run_bench(config: BenchConfig, *, progress: bool = True, say: Callable[[str], None] = print,
@@ -195,6 +196,10 @@ def run_bench(config: BenchConfig, *, progress: bool = True, say: Callable[[str]
     machine = machine_info(config.threads, argv)
     entries, skipped = plan_entries(config)
     dataset, clips = load_clips(config)  # before loading models: bad data fails fast
+    if config.memory:
+        # Before this process loads any model: on Linux a child's ru_maxrss starts from its
+        # parent's RSS at fork time, so children are spawned while the parent is still small.
+        measure_memory(entries, clips[0], config.threads, say)
     open_entries(entries, config.threads, config.flops_context, say)
     runners = {e.id: e.runner for e in entries if e.status == OK}
     if runners:  # (re-checked below: an entry may fail on its first clip)
@@ -212,8 +217,6 @@ def run_bench(config: BenchConfig, *, progress: bool = True, say: Callable[[str]
             if e.status == OK:
                 e.results, e.timing = results[e.id], timing[e.id]
         score_entries(entries, clips)
-        if config.memory:
-            measure_memory(entries, clips[0], config.threads, say)
     report = build_report(config, machine, dataset, clips, entries, skipped)
     out = Path(config.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -20,15 +20,24 @@ from slimwhisper.cli import app
 EXIT_USAGE = 2
 
 
+def _stage_errors() -> tuple[type[BaseException], ...]:
+    """Bad-input errors of the stages ``run`` drives (imported late: they live in heavy modules)."""
+    from slimwhisper.bench.config import BenchError
+    from slimwhisper.compress.prune import PruneError
+    from slimwhisper.compress.recipes import RecipeError
+    from slimwhisper.export.config import ExportConfigError
+
+    return BenchError, PruneError, RecipeError, ExportConfigError
+
+
 @contextmanager
 def bench_errors() -> Iterator[None]:
-    from slimwhisper.bench.config import BenchError
     from slimwhisper.cli.core import user_errors
 
     with user_errors():
         try:
             yield
-        except BenchError as exc:
+        except _stage_errors() as exc:
             if os.environ.get("SLIMWHISPER_DEBUG"):
                 raise
             typer.echo("error: " + str(exc).replace("\n", " "), err=True)
@@ -72,3 +81,38 @@ def bench(
     if not ran_any(report):
         typer.echo("error: no entry could run here (see the reasons above)", err=True)
         raise typer.Exit(EXIT_USAGE)
+
+
+@app.command()
+def run(
+    model: Annotated[str, typer.Option("--model", "-m", help="Dense model: tiny.en, base, a folder, ...")],
+    data: Annotated[Path, typer.Option("--data", help="Evaluation dataset for the final bench.")],
+    out: Annotated[Path, typer.Option("--out", help="Folder for everything this run makes.")],
+    recipe: Annotated[str | None, typer.Option(help="Named pruning recipe (slimwhisper.compress.recipes).")] = None,
+    plan: Annotated[Path | None, typer.Option(help="Prune plan JSON instead of a recipe.")] = None,
+    calib: Annotated[Path | None, typer.Option(help="Calibration audio for gradient-scored recipes.")] = None,
+    calib_n: Annotated[int, typer.Option(help="Calibration utterances.")] = 32,
+    threads: Annotated[int, typer.Option(help="Threads for every backend.")] = 2,
+    repeat: Annotated[int, typer.Option(help="Timing passes after the warm-up.")] = 3,
+    limit: Annotated[int | None, typer.Option(help="Bench on the first N clips only.")] = None,
+    timing_limit: Annotated[int | None, typer.Option(help="Time only the first N of those clips.")] = None,
+    peers: Annotated[bool, typer.Option(help="Also bench faster-whisper int8 on the dense weights.")] = True,
+    memory: Annotated[bool, typer.Option(help="Measure peak RSS in a fresh child per entry.")] = True,
+    force: Annotated[bool, typer.Option(help="Replace --out if it exists.")] = False,
+    quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+) -> None:
+    """Prune -> export fp32 + int8 -> bench dense vs pruned vs faster-whisper; everything lands in --out."""
+    with bench_errors():
+        from slimwhisper.bench.pipeline import RunConfig, run_pipeline
+        from slimwhisper.bench.report import markdown
+        from slimwhisper.cli.core import _quiet_libraries
+
+        _quiet_libraries()
+        config = RunConfig(model=model, data=str(data), out=str(out), recipe=recipe,
+                           plan=None if plan is None else str(plan), calib=None if calib is None else str(calib),
+                           calib_n=calib_n, threads=threads, repeat=repeat, limit=limit, timing_limit=timing_limit,
+                           peers=peers, memory=memory, force=force)
+        say = (lambda _m: None) if quiet else (lambda m: typer.echo(m, err=True))
+        report = run_pipeline(config, progress=not quiet, say=say, argv=["slimwhisper", *sys.argv[1:]])
+    typer.echo(markdown(report))
+    typer.echo(f"everything is in {out} (bench report: {out / 'bench' / 'report.md'})", err=True)
