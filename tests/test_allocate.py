@@ -122,3 +122,8 @@ def test_guards_and_bad_ratios(loaded):
     # 0.99 of 4 heads still keeps one in every block
     _, a = run(loaded, AllocConfig(heads=0.99))
     assert set(removed_by_block(a.plan).values()) == {3}
+
+
+def test_unreachable_budget_is_an_error(loaded):
+    with pytest.raises(AllocError, match="cannot be reached"):
+        run(loaded, AllocConfig(threshold="global", target_params=0.95, budget_kinds=("head",)))

@@ -116,7 +116,7 @@ def _alloc_and_score(opts: dict):
     from slimwhisper.compress.recipes import get_recipe
     from slimwhisper.compress.scores import ScoreConfig
 
-    ratio_opts = {k: v for k, v in opts.items() if k not in ("score", "threshold", "channel_pattern", "recipe") and v}
+    ratio_opts = {k: v for k, v in opts.items() if k not in ("score", "channel_pattern", "recipe") and v}
     if opts["recipe"]:
         if ratio_opts:
             raise AllocError(f"--recipe replaces the ratio options; drop {', '.join('--' + k.replace('_', '-') for k in ratio_opts)}")
@@ -124,7 +124,7 @@ def _alloc_and_score(opts: dict):
         score = ScoreConfig(opts["score"]) if opts["score"] else recipe.score
         return recipe.alloc, score
     alloc = AllocConfig(
-        threshold=opts["threshold"],
+        threshold=opts["threshold"] or "local",
         heads=opts["heads"],
         ffn=opts["ffn"],
         qk=opts["qk"],
@@ -157,7 +157,9 @@ def prune(
     out: Annotated[Path, typer.Option(help="Folder for the pruned model (must not exist unless --force).")],
     calib: Annotated[Path | None, typer.Option(help="Calibration audio (.tsv or folder) for gradient scores.")] = None,
     score: Annotated[str | None, typer.Option(help="fisher | taylor | magnitude (default fisher, or the recipe's).")] = None,
-    threshold: Annotated[str, typer.Option(help="global: one ranking across layers; local: same ratio per block.")] = "local",
+    threshold: Annotated[
+        str | None, typer.Option(help="global: one ranking across layers; local (default): same ratio per block.")
+    ] = None,
     heads: Annotated[float, typer.Option(help="Fraction of attention heads to remove.")] = 0.0,
     ffn: Annotated[float, typer.Option(help="Fraction of FFN neurons to remove.")] = 0.0,
     qk: Annotated[float, typer.Option(help="Fraction of Q/K channels to remove.")] = 0.0,

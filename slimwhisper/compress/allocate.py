@@ -401,6 +401,12 @@ def allocate(groups: list[Group], scores: torch.Tensor, config: AllocConfig, spe
         if config.threshold is Threshold.LOCAL:
             keys = [k for k in keys if k not in state.assigned]
         _budget_step(state, keys, frac * total, config.threshold)
+        if state.removed_cost() < frac * total:
+            raise AllocError(
+                f"the budget {frac:.0%} of {'FLOPs' if flops else 'layer parameters'} cannot be reached: removing all "
+                f"but one {'/'.join(config.budget_kinds)} per block gives {state.removed_cost() / total:.0%}; "
+                "lower the target, add budget kinds or drop layers"
+            )
     return _result(state, total, "flops" if flops else "params")
 
 
