@@ -29,7 +29,7 @@ $(STAMP): pyproject.toml
 
 demo-data: $(STAMP)
 	@if [ "$(DEMO_DATA)" = "$(SYNTH_DATA)" ]; then \
-		echo "no $(SHARED_DATA): using a SYNTHETIC set (piper TTS) at $(SYNTH_DATA)"; \
+		echo "demo data: a SYNTHETIC set (piper TTS) at $(SYNTH_DATA), not real speech"; \
 		$(BIN)/slimwhisper synth-data $(SYNTH_DATA); \
 	fi
 
