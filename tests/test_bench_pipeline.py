@@ -55,3 +55,10 @@ def test_run_pipeline_tiny(tmp_path):
     assert by["pruned [torch]"]["static"]["params"] < by["dense [torch]"]["static"]["params"]
     assert by["pruned [faster-whisper-int8]"]["status"] == "not available"
     assert json.loads((out / "summary.json").read_text())["prune"]["removed_groups"] > 0
+
+
+def test_run_config_recover_needs_calib_and_known_method(tmp_path):
+    with pytest.raises(BenchError) as err:
+        RunConfig(model="tiny.en", data=str(tmp_path), out=str(tmp_path / "o"), recipe="global-30-magnitude",
+                  recover="magic")
+    assert "--recover must be one of" in str(err.value) and "--calib" in str(err.value)

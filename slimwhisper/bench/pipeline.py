@@ -4,6 +4,7 @@ Layout of ``out`` (every stage's config is saved beside what it made):
 
     run_config.json            this RunConfig
     pruned/                    the pruned model (slimwhisper folder, with its prune config)
+    recovered/                 with --recover: the pruned model after recovery training (its config inside)
     bundle-dense/              dense ONNX bundle, variants fp32 + int8 (export_config.json inside)
     bundle-pruned/             pruned ONNX bundle, variants fp32 + int8
     bench/                     report.json, report.md, plots, bench_config.json
@@ -32,6 +33,8 @@ class RunConfig:
     plan: str | None = None  # ... or a plan JSON file
     calib: str | None = None  # calibration audio for gradient scores (default: none -> magnitude needs none)
     calib_n: int = 32
+    recover: str | None = None  # finetune | lora | distill (trains on --calib audio; the dense model teaches)
+    recover_steps: int | None = None  # None: the trainer's default
     threads: int = 2
     repeat: int = 3
     limit: int | None = None
@@ -52,6 +55,14 @@ class RunConfig:
             elif RECIPES[self.recipe].score.needs_grads and self.calib is None:
                 problems.append(f"recipe {self.recipe!r} scores with gradients: pass --calib DATA "
                                 "(e.g. ../shared/data/ljspeech/train.tsv)")
+        if self.recover is not None:
+            from slimwhisper.compress.recover import RecoverMethod
+
+            methods = [m.value for m in RecoverMethod]
+            if self.recover not in methods:
+                problems.append(f"--recover must be one of {', '.join(methods)}, got {self.recover!r}")
+            if self.calib is None:
+                problems.append("--recover trains on --calib audio: pass --calib DATA")
         if self.plan is not None and not Path(self.plan).is_file():
             problems.append(f"plan file {self.plan} does not exist")
         for name in ("data", "calib"):
@@ -86,6 +97,21 @@ def _prune(config: RunConfig, out: Path, say: Callable[[str], None], progress: b
     return prune(prune_config, progress=progress)
 
 
+def _recover(config: RunConfig, loaded, out: Path, say: Callable[[str], None], progress: bool) -> dict[str, Any]:
+    """Train the pruned model in place on the calibration audio (dense model as teacher/labeller)."""
+    from slimwhisper.compress.recover import DEFAULT_LR, RecoverConfig, RecoverMethod, recover, save_recovered
+    from slimwhisper.compress.train import TrainConfig
+    from slimwhisper.models import load_model
+
+    method = RecoverMethod(config.recover)
+    rc = RecoverConfig(method, TrainConfig(str(config.calib), n=config.calib_n, steps=config.recover_steps,
+                                           lr=DEFAULT_LR[method], threads=config.threads))
+    say(f"recover ({method.value}) on {config.calib} -> {out}")
+    recover(loaded, rc, teacher=load_model(config.model), progress=progress)
+    save_recovered(loaded, out, rc)
+    return rc.to_dict()
+
+
 def _export(loaded, out: Path, threads: int, say: Callable[[str], None]) -> dict:
     from slimwhisper.export.bundle import export_bundle
     from slimwhisper.export.config import ExportConfig
@@ -110,8 +136,13 @@ def run_pipeline(config: RunConfig, *, progress: bool = True, say: Callable[[str
     pruned = _prune(config, out / "pruned", say, progress)
     seconds["prune"] = time.perf_counter() - t0
     summary: dict[str, Any] = {"prune": pruned.to_dict(), "seconds": seconds,
-                               "recovery": "not run: `slimwhisper run` does not wire recovery in yet; run "
-                                           "`slimwhisper recover` on out/pruned and bench the result"}
+                               "recovery": "not run (pass --recover finetune|lora|distill)"}
+    student, student_label = out / "pruned", "pruned"
+    if config.recover:
+        t0 = time.perf_counter()
+        summary["recovery"] = _recover(config, pruned.loaded, out / "recovered", say, progress)
+        student, student_label = out / "recovered", f"pruned+{config.recover}"
+        seconds["recover"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     _export(pruned.loaded, out / "bundle-pruned", config.threads, say)
     del pruned
@@ -120,9 +151,9 @@ def run_pipeline(config: RunConfig, *, progress: bool = True, say: Callable[[str
     del dense
     seconds["export"] = time.perf_counter() - t0
     backends = ("torch", "onnx") + (("faster-whisper-int8",) if config.peers else ())
-    targets = (config.model, str(out / "pruned"), f"{out / 'bundle-dense'}@int8", f"{out / 'bundle-pruned'}@fp32",
+    targets = (config.model, str(student), f"{out / 'bundle-dense'}@int8", f"{out / 'bundle-pruned'}@fp32",
                f"{out / 'bundle-pruned'}@int8")
-    labels = ("dense", "pruned", "dense-onnx@int8", "pruned-onnx@fp32", "pruned-onnx@int8")
+    labels = ("dense", student_label, "dense-onnx@int8", f"{student_label}-onnx@fp32", f"{student_label}-onnx@int8")
     bench_config = BenchConfig(targets=targets, labels=labels, data=config.data, out=str(out / "bench"),
                                backends=backends, threads=config.threads, repeat=config.repeat, limit=config.limit,
                                timing_limit=config.timing_limit, memory=config.memory,

@@ -25,9 +25,10 @@ def _stage_errors() -> tuple[type[BaseException], ...]:
     from slimwhisper.bench.config import BenchError
     from slimwhisper.compress.prune import PruneError
     from slimwhisper.compress.recipes import RecipeError
+    from slimwhisper.compress.recover import RecoverError
     from slimwhisper.export.config import ExportConfigError
 
-    return BenchError, PruneError, RecipeError, ExportConfigError
+    return BenchError, PruneError, RecipeError, RecoverError, ExportConfigError
 
 
 @contextmanager
@@ -91,7 +92,10 @@ def run(
     recipe: Annotated[str | None, typer.Option(help="Named pruning recipe (slimwhisper.compress.recipes).")] = None,
     plan: Annotated[Path | None, typer.Option(help="Prune plan JSON instead of a recipe.")] = None,
     calib: Annotated[Path | None, typer.Option(help="Calibration audio for gradient-scored recipes.")] = None,
-    calib_n: Annotated[int, typer.Option(help="Calibration utterances.")] = 32,
+    calib_n: Annotated[int, typer.Option(help="Calibration (and recovery training) utterances.")] = 32,
+    recover: Annotated[str | None, typer.Option(help="Recovery after pruning: finetune | lora | distill "
+                                                     "(trains on --calib; the dense model teaches).")] = None,
+    recover_steps: Annotated[int | None, typer.Option(help="Recovery training steps (default: the trainer's).")] = None,
     threads: Annotated[int, typer.Option(help="Threads for every backend.")] = 2,
     repeat: Annotated[int, typer.Option(help="Timing passes after the warm-up.")] = 3,
     limit: Annotated[int | None, typer.Option(help="Bench on the first N clips only.")] = None,
@@ -101,7 +105,7 @@ def run(
     force: Annotated[bool, typer.Option(help="Replace --out if it exists.")] = False,
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
 ) -> None:
-    """Prune -> export fp32 + int8 -> bench dense vs pruned vs faster-whisper; everything lands in --out."""
+    """Prune -> (recover) -> export fp32 + int8 -> bench dense vs pruned vs faster-whisper, all in --out."""
     with bench_errors():
         from slimwhisper.bench.pipeline import RunConfig, run_pipeline
         from slimwhisper.bench.report import markdown
@@ -110,7 +114,8 @@ def run(
         _quiet_libraries()
         config = RunConfig(model=model, data=str(data), out=str(out), recipe=recipe,
                            plan=None if plan is None else str(plan), calib=None if calib is None else str(calib),
-                           calib_n=calib_n, threads=threads, repeat=repeat, limit=limit, timing_limit=timing_limit,
+                           calib_n=calib_n, recover=recover, recover_steps=recover_steps, threads=threads,
+                           repeat=repeat, limit=limit, timing_limit=timing_limit,
                            peers=peers, memory=memory, force=force)
         say = (lambda _m: None) if quiet else (lambda m: typer.echo(m, err=True))
         report = run_pipeline(config, progress=not quiet, say=say, argv=["slimwhisper", *sys.argv[1:]])
