@@ -19,7 +19,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-_COMMAND_MODULES = ("core", "compress", "export", "bench")
+_COMMAND_MODULES = ("core", "compress", "export", "bench", "recover")
 
 
 def _register() -> None:

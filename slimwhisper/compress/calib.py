@@ -183,6 +183,52 @@ def example_loss(model, ex: CalibExample) -> torch.Tensor:
     return torch.nn.functional.cross_entropy(logits[0, keep].float(), targets[0, keep])
 
 
+# ---- batches (recovery / sparse-group-lasso training) ---------------------------------------------
+
+IGNORE = -100  # target id cross_entropy skips: prompt positions and padding
+
+
+@dataclass
+class Batch:
+    """Several ``CalibExample`` stacked for one forward pass (training, distillation).
+
+    Every feature tensor already spans the 30 s window the feature extractor pads to, so they
+    stack as they are; token rows are right-padded with end-of-text. Padding sits AFTER the
+    real tokens, so the causal decoder never attends to it from a counted position.
+    """
+
+    features: torch.Tensor  # (B, n_mels, 3000)
+    inputs: torch.Tensor  # (B, L-1) decoder input ids
+    targets: torch.Tensor  # (B, L-1) next token, IGNORE where the loss must not count
+
+    def __len__(self) -> int:
+        return self.features.shape[0]
+
+
+def collate(examples: list[CalibExample], pad_id: int) -> Batch:
+    """Stack examples; targets are masked exactly as in ``example_loss`` (prompt not counted)."""
+    width = max(ex.tokens.shape[1] for ex in examples)
+    inputs = torch.full((len(examples), width - 1), pad_id, dtype=torch.long)
+    targets = torch.full((len(examples), width - 1), IGNORE, dtype=torch.long)
+    for row, ex in enumerate(examples):
+        toks = ex.tokens[0].cpu()
+        n = toks.numel()
+        inputs[row, : n - 1] = toks[:-1]
+        targets[row, ex.n_prefix - 1 : n - 1] = toks[ex.n_prefix :]
+    device = examples[0].features.device
+    return Batch(torch.cat([ex.features for ex in examples]), inputs.to(device), targets.to(device))
+
+
+def batch_logits(model, batch: Batch) -> torch.Tensor:
+    return model(input_features=batch.features, decoder_input_ids=batch.inputs).logits
+
+
+def batch_loss(model, batch: Batch, logits: torch.Tensor | None = None) -> torch.Tensor:
+    """Cross-entropy over every counted target of the batch (token mean; = ``example_loss`` for B=1)."""
+    logits = batch_logits(model, batch) if logits is None else logits
+    return torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), batch.targets.flatten(), ignore_index=IGNORE)
+
+
 def per_example_grads(model, examples: list[CalibExample], params: dict[str, torch.nn.Parameter], progress=None) -> Iterator[tuple[float, dict[str, torch.Tensor]]]:
     """Yield (loss, {name: grad}) for each example, one backward per utterance.
 

@@ -1,0 +1,101 @@
+"""`slimwhisper recover` / `slimwhisper tspar` end to end on a tiny random Whisper and a synthesised manifest."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+from typer.testing import CliRunner
+
+import slimwhisper.cli.recover  # noqa: F401  (registers the commands)
+from slimwhisper.cli import app
+from slimwhisper.compress import PrunePlan, apply_plan
+from slimwhisper.models import load_model
+from slimwhisper.models.slimdir import save_slim
+from slimwhisper.models.testing import tiny_random_loaded
+
+runner = CliRunner()
+
+
+def write_manifest(folder, n=2):
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    lines = []
+    for i in range(n):
+        sf.write(folder / f"u{i}.wav", (0.1 * rng.standard_normal(8000)).astype("float32"), 16000)
+        lines.append(f"u{i}\tu{i}.wav\tgood morning {i}")
+    (folder / "transcripts.tsv").write_text("\n".join(lines) + "\n")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    root = tmp_path_factory.mktemp("rec")
+    dense = tiny_random_loaded()
+    save_slim(dense, root / "dense")
+    pruned = tiny_random_loaded()
+    record = apply_plan(pruned.model, PrunePlan(frozenset({"encoder.1.self_attn.head.0", "decoder.0.ffn.neuron.2"})))
+    save_slim(pruned, root / "pruned", record=record, configs={"prune": {"score": {"name": "magnitude"}}})
+    return root / "dense", root / "pruned", write_manifest(root / "data")
+
+
+def test_recover_lora_end_to_end(folders, tmp_path):
+    dense, pruned, data = folders
+    out = tmp_path / "rec"
+    args = ["recover", "--model", str(pruned), "--teacher", str(dense), "--method", "lora", "--data", str(data),
+            "--steps", "1", "--batch-size", "2", "--out", str(out), "--eval", str(data), "--eval-limit", "1", "--quiet", "--threads", "1"]  # fmt: skip
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert "WER before" in res.output and "merged" in res.output
+    again, before = load_model(str(out)), load_model(str(pruned))
+    assert again.spec == before.spec and again.spec.params() == before.spec.params()
+    configs = json.loads((out / "pruning.json").read_text())["configs"]
+    assert configs["prune"]["score"]["name"] == "magnitude" and configs["recover"]["method"] == "lora"
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--method", "distill"], "needs --teacher"),
+        (["--method", "sgd"], "method must be one of"),
+        (["--steps", "0"], "train.steps"),
+    ],
+)
+def test_recover_bad_input_exits_2(folders, tmp_path, extra, message):
+    _, pruned, data = folders
+    out = tmp_path / "rec"
+    res = runner.invoke(app, ["recover", "--model", str(pruned), "--data", str(data), "--out", str(out), *extra])
+    assert res.exit_code == 2 and message in res.output and not out.exists()
+
+
+def test_recover_refuses_a_non_slim_model_and_existing_out(folders, tmp_path):
+    _, _, data = folders
+    out = tmp_path / "exists"
+    out.mkdir()
+    res = runner.invoke(app, ["recover", "--model", "tiny.en", "--data", str(data), "--out", str(out)])
+    assert res.exit_code == 2 and "not a slimwhisper folder" in res.output and "already exists" in res.output
+
+
+def test_recover_says_how_to_install_peft(folders, tmp_path, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "peft" else real(name, *a))
+    _, pruned, data = folders
+    res = runner.invoke(app, ["recover", "--model", str(pruned), "--data", str(data), "--out", str(tmp_path / "o"), "--method", "lora"])
+    assert res.exit_code == 2 and "pip install '.[recovery]'" in res.output
+
+
+def test_tspar_command(folders, tmp_path):
+    dense, _, data = folders
+    out = tmp_path / "tspar"
+    args = ["tspar", "--model", str(dense), "--data", str(data), "--out", str(out), "--steps", "1", "--batch-size", "2",
+            "--lambda-group", "0.5", "--target-params", "0.3", "--quiet", "--threads", "1"]  # fmt: skip
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert "pass 1 removed" in res.output and "layers (enc+dec)" in res.output
+    assert load_model(str(out)).spec.params() < load_model(str(dense)).spec.params()
+    bad = runner.invoke(app, ["tspar", "--model", str(dense), "--data", str(data), "--out", str(out), "--lambda-group", "0"])
+    assert bad.exit_code == 2 and "already exists" in bad.output and "both 0" in bad.output
