@@ -209,3 +209,13 @@ def test_cuda_label_refused_when_sessions_run_on_cpu(tiny_bundle, monkeypatch):
     monkeypatch.setattr(backends, "_sessions", lambda tr: [FakeSession()])
     with pytest.raises(backends.BackendUnavailable, match="not CUDAExecutionProvider"):
         backends.get_backend("onnx-cuda").open(resolve_target(str(tiny_bundle[1])), 1)
+
+
+def test_bundle_memory_child_never_imports_torch(tiny_bundle, tmp_path):
+    from slimwhisper.bench.memory import measure_fresh
+
+    audio = tmp_path / "a.npy"
+    np.save(audio, np.zeros(8000, dtype=np.float32))
+    mem = measure_fresh("onnx", str(tiny_bundle[1]), audio, threads=1)
+    assert mem["torch_imported"] is False
+    assert mem["peak_rss_mb"] >= mem["imports_rss_mb"] > 0

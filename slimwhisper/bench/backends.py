@@ -147,11 +147,19 @@ def _sessions(obj: Any, depth: int = 2) -> list[Any]:
 
 
 def _bundle_runner(target: Target, threads: int, cuda: bool) -> Runner:
-    from slimwhisper.runtime import BundleError, BundleTranscriber
+    from slimwhisper.runtime import BundleError, BundleTranscriber, DecodeOptions
+    from slimwhisper.transcribe import DecodeConfig
 
     providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if cuda else ["CPUExecutionProvider"]
+    decode = DecodeConfig()
+    # The torch rule (forced "en" for multilingual models): letting the runtime detect the
+    # language would add a step and possible misdetections the other backends do not have.
+    multilingual = bool(target.manifest().get("model", {}).get("multilingual"))
+    options = DecodeOptions(max_new_tokens=decode.max_new_tokens, task=decode.task,
+                            language=decode.language or ("en" if multilingual else None))
     try:
-        tr = BundleTranscriber(target.path, threads=threads, providers=providers, variant=target.variant)
+        tr = BundleTranscriber(target.path, threads=threads, providers=providers, variant=target.variant,
+                               options=options)
     except BundleError as exc:
         if cuda and "provider" in str(exc):
             raise BackendUnavailable(f"not available: {exc}") from exc
@@ -162,7 +170,7 @@ def _bundle_runner(target: Target, threads: int, cuda: bool) -> Runner:
         # a CPU figure under a CUDA label.
         raise BackendUnavailable(f"not available: sessions run on {used or 'unknown providers'}, not CUDAExecutionProvider")
     info = {"providers": used, "threads": threads, "files_bytes": bundle_bytes(target), "files": str(target.path),
-            "variant": tr.variant}
+            "variant": tr.variant, "language": options.language}
     return TranscriberRunner(tr, info)
 
 

@@ -91,6 +91,7 @@ def _child(request_path: str) -> None:
     result = runner.transcribe(audio)
     print(json.dumps({"python_rss_mb": python_mb, "imports_rss_mb": imports_mb, "loaded_rss_mb": loaded_mb,
                       "vm_hwm_mb": _status_mb("VmHWM"), "load_s": load_s, "transcribe_s": result.total_s,
+                      "torch_imported": "torch" in sys.modules,  # a bundle entry must not pay for torch
                       "text": result.text}), flush=True)
 
 
