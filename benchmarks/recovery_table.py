@@ -3,8 +3,8 @@
 Rows: dense; one-shot pruned (Fisher, global threshold, ``--target`` of the encoder+decoder layer
 parameters, calibrated on ``--train``); the pruned model + finetune / + LoRA (merged) / + distill
 (dense teacher), each trained ``--steps`` AdamW steps of batch ``--batch`` on ``--n`` utterances of
-``--train``; and TSPAR (sparse-group-lasso fine-tuning of the dense model for the same steps, then
-two-pass pruning to the same budget). WER on ``--eval`` (greedy, Whisper-normalised).
+``--train``; TSPAR (sparse-group-lasso fine-tuning of the dense model for the same steps, then
+two-pass pruning to the same budget) and TSPAR + the same finetune recovery. WER on ``--eval`` (greedy, Whisper-normalised).
 
     python benchmarks/recovery_table.py --threads 2 --steps 40 \\
         --train ../shared/data/ljspeech/train.tsv --eval ../shared/data/ljspeech/dev.tsv
@@ -45,12 +45,13 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=128, help="training utterances")
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--batch", type=int, default=4)
-    ap.add_argument("--lambda-group", type=float, default=2.0)
+    ap.add_argument("--lambda-group", type=float, default=1.0)
+    ap.add_argument("--tspar-lr", type=float, default=1e-3, help="stage-1 lr (also the proximal step)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--work", default=str(ROOT / "build" / "recovery_table"))
     ap.add_argument("--json", default=None, help="default: WORK/recovery_table.json")
     ap.add_argument("--resume", action="store_true")
-    ap.add_argument("--methods", nargs="*", default=["finetune", "lora", "distill", "tspar"])
+    ap.add_argument("--methods", nargs="*", default=["finetune", "lora", "distill", "tspar", "tspar+finetune"])
     args = ap.parse_args()
 
     import torch
@@ -98,7 +99,7 @@ def main() -> None:
     train_cfg = dict(data=args.train, n=args.n, steps=args.steps, batch_size=args.batch, threads=args.threads)
     examples = None
     for method in args.methods:
-        name = "tspar" if method == "tspar" else f"pruned+{method}"
+        name = method if method.startswith("tspar") else f"pruned+{method}"
         if name in rows:
             continue
         if examples is None:  # features + reference tokens, shared by every method
@@ -108,15 +109,16 @@ def main() -> None:
         if method == "tspar":
             cfg = TsparConfig(
                 model=args.model, out=str(folder), force=True, lambda_group=args.lambda_group, target_params=args.target,
-                train=TrainConfig(**train_cfg, lr=1e-4),
+                train=TrainConfig(**train_cfg, lr=args.tspar_lr),
             )  # fmt: skip
             res = run_tspar(cfg, progress=False, loaded=copy.deepcopy(dense), examples=examples)
             info = {"pass1": len(res.stage2.pass1), "pass2": len(res.stage2.pass2), "train": res.training.to_dict()}
             loaded = res.loaded
-        else:
-            m = RecoverMethod(method)
+        else:  # recovery of the one-shot pruned model, or of TSPAR's ("tspar+finetune")
+            m = RecoverMethod(method.split("+")[-1])
+            start = work / "tspar" if method.startswith("tspar") else pruned_dir
             cfg = RecoverConfig(m, TrainConfig(**train_cfg, lr=DEFAULT_LR[m]))
-            loaded = recover(load_model(str(pruned_dir)), cfg, teacher=dense, examples=examples, progress=False)
+            loaded = recover(load_model(str(start)), cfg, teacher=dense, examples=examples, progress=False)
             save_recovered(loaded, folder, cfg, force=True)
             info = {"train": loaded.extra["recovery"]["result"]}
         done(name, folder, loaded, seconds=round(time.perf_counter() - t, 1), **info)

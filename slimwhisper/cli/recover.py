@@ -147,7 +147,7 @@ def tspar(
     target_params: Annotated[float, typer.Option(help="Remove this fraction of the encoder+decoder layer parameters.")] = 0.3,
     tau: Annotated[float, typer.Option(help="Pass 1: remove groups with ||w_g|| < tau x block median.")] = 0.1,
     max_head_ratio: Annotated[float, typer.Option(help="At most this fraction of a block's heads.")] = 0.5,
-    max_neuron_ratio: Annotated[float, typer.Option(help="At most this fraction of a block's FFN neurons.")] = 0.75,
+    max_neuron_ratio: Annotated[float, typer.Option(help="At most this fraction of a block's FFN neurons.")] = 0.5,
     steps: StepsOpt = None,
     epochs: EpochsOpt = None,
     n: NOpt = 64,

@@ -65,7 +65,7 @@ class TsparConfig:
     target_params: float = 0.3  # fraction of the encoder+decoder LAYER parameters (as allocate.py)
     tau: float = 0.1  # pass 1: ||w_g|| < tau * median norm of the block
     max_head_ratio: float = 0.5
-    max_neuron_ratio: float = 0.75
+    max_neuron_ratio: float = 0.5
     force: bool = False
     eval_data: str | None = None
     eval_limit: int | None = None
