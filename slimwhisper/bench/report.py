@@ -28,7 +28,11 @@ def entry_json(e) -> dict[str, Any]:
 
 
 def build_report(config, machine, dataset, clips, entries, skipped) -> dict[str, Any]:
+    import os
+
     timed = min(config.timing_limit or len(clips), len(clips))
+    if hasattr(os, "getloadavg"):  # a busy shared machine slows everything: say how busy it was
+        machine = {**machine, "load_avg_at_end": list(os.getloadavg())}
     return {
         "report_version": REPORT_VERSION,
         "machine": machine,
@@ -101,6 +105,16 @@ def _row(e: dict, ref: dict | None) -> list[str]:
     return cells
 
 
+def _load_note(m: dict[str, Any]) -> str:
+    start, end = m.get("load_avg_at_start"), m.get("load_avg_at_end")
+    if not start or not end:
+        return ""
+    note = f"  \nLoad average (1/5/15 min) at start {'/'.join(f'{x:.1f}' for x in start)}, at end {'/'.join(f'{x:.1f}' for x in end)}"
+    if max(start[0], end[0]) > (m.get("usable_cores") or m.get("logical_cores") or 1):
+        note += ": above the core count, so absolute times are inflated by other work; compare ratios within this table"
+    return note + "."
+
+
 def markdown(report: dict[str, Any]) -> str:
     entries = report["entries"]
     ok = [e for e in entries if e["status"] == "ok"]
@@ -114,7 +128,8 @@ def markdown(report: dict[str, Any]) -> str:
         + (" (SYNTHETIC speech)" if d["synthetic"] else "") + f"; timing on {d['timing_clips']} clip(s).",
         f"Machine: {m['cpu']}, {m['usable_cores'] or m['logical_cores']} usable cores, **{m['threads']} threads**; "
         + ", ".join(f"{k} {v}" for k, v in m["libraries"].items()) + ".",
-        f"Command: `{m['command']}`",
+        f"Command: `{m['command']}`"
+        + _load_note(m),
         "",
         "| " + " | ".join(COLUMNS) + " |",
         "|" + "---|" * len(COLUMNS),
