@@ -162,7 +162,9 @@ def _lora(ctx: Context) -> TrainResult:
     return result
 
 
-def distill_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, batch: Batch, temperature: float, alpha: float) -> tuple[torch.Tensor, dict[str, float]]:
+def distill_loss(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, batch: Batch, temperature: float, alpha: float
+) -> tuple[torch.Tensor, dict[str, float]]:
     """a * CE + (1 - a) * T^2 * KL(p_teacher^T || p_student^T) over the counted target positions."""
     mask = batch.targets != IGNORE
     s, t = student_logits[mask].float(), teacher_logits[mask].float()

@@ -77,7 +77,8 @@ class TrainConfig:
             problems.append(f"train.seed must be an int, got {self.seed!r}")
         if self.steps is not None and self.epochs is not None:
             problems.append("give train.steps or train.epochs, not both")
-        for name, value, allow_none in (("lr", self.lr, False), ("max_seconds", self.max_seconds, True), ("grad_clip", self.grad_clip, True)):
+        positive = (("lr", self.lr, False), ("max_seconds", self.max_seconds, True), ("grad_clip", self.grad_clip, True))
+        for name, value, allow_none in positive:
             if value is None and allow_none:
                 continue
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or math.isinf(value):

@@ -91,10 +91,12 @@ class TsparConfig:
         except ValueError:
             problems.append(f"regularize must be one of {', '.join(r.value for r in Regularize)}, got {self.regularize!r}")
         problems += _ratio("target_params", self.target_params) + _ratio("tau", self.tau, closed=True)
-        problems += _ratio("max_head_ratio", self.max_head_ratio, closed=True) + _ratio("max_neuron_ratio", self.max_neuron_ratio, closed=True)
+        for cap in ("max_head_ratio", "max_neuron_ratio"):
+            problems += _ratio(cap, getattr(self, cap), closed=True)
         if self.eval_data is not None and not Path(self.eval_data).exists():
             problems.append(f"eval data {self.eval_data} does not exist")
-        if self.eval_limit is not None and (isinstance(self.eval_limit, bool) or not isinstance(self.eval_limit, int) or self.eval_limit < 1):
+        limit = self.eval_limit
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
             problems.append(f"eval_limit must be an int >= 1, got {self.eval_limit!r}")
         if problems:
             raise TsparError("invalid TSPAR config:\n  - " + "\n  - ".join(problems))
