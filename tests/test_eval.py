@@ -167,3 +167,14 @@ def test_multilingual_language_forced_and_validated():
     assert tr.transcribe(noise(1)).windows == 1
     with pytest.raises(DecodeError, match="unknown language 'xx'"):
         TorchTranscriber(loaded, DecodeConfig(language="xx"))
+
+
+def test_progress_in_logs_prints_plain_lines(capsys):
+    from slimwhisper.progress import progress_bar, track
+
+    assert list(track([1, 2, 3], description="quiet", enabled=False)) == [1, 2, 3]
+    with progress_bar(2, "eval x") as bar:  # pytest's stderr is not a terminal
+        bar.advance()
+        bar.advance(wer="5%")
+    err = capsys.readouterr().err
+    assert "quiet" not in err and "eval x: 2/2" in err and "wer=5%" in err
