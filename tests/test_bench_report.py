@@ -219,3 +219,40 @@ def test_bundle_memory_child_never_imports_torch(tiny_bundle, tmp_path):
     mem = measure_fresh("onnx", str(tiny_bundle[1]), audio, threads=1)
     assert mem["torch_imported"] is False
     assert mem["peak_rss_mb"] >= mem["imports_rss_mb"] > 0
+
+
+# ---- FLOPs: second independent count on the exported ONNX graphs ------------------------------
+def _check_bundle_flops(bundle, spec, context):
+    from slimwhisper.bench.flops_check import bundle_flops
+
+    walked = bundle_flops(bundle, context)
+    f = spec.flops(tokens=1, context=context)
+    # the bundle's encoder graph also projects the cross-attention K/V once per window
+    assert abs(walked["encoder_graph"] - (f["encoder"] + f["cross_kv"])) <= 0.01 * walked["encoder_graph"]
+    assert abs(walked["decoder_graph"] - f["decoder_token"]) <= 0.01 * walked["decoder_graph"]
+
+
+def test_flops_match_onnx_graph_walk_dense(tiny_bundle):
+    loaded, bundle = tiny_bundle
+    _check_bundle_flops(bundle, loaded.spec, context=8)
+
+
+@pytest.mark.slow
+def test_flops_match_onnx_graph_walk_uneven(tmp_path):
+    from slimwhisper.export.bundle import export_bundle
+    from slimwhisper.export.config import ExportConfig
+    from slimwhisper.models.slim import model_from_spec
+    from slimwhisper.models.testing import tiny_random_loaded
+    from slimwhisper.spec import ArchSpec, AttnSpec, LayerSpec
+
+    loaded = tiny_random_loaded()
+    d, cfg = 64, loaded.model.config
+    spec = ArchSpec(d, cfg.num_mel_bins, cfg.vocab_size, cfg.max_source_positions, cfg.max_target_positions,
+                    encoder=(LayerSpec(AttnSpec(3, 12, 20, 16), 80, 1),),
+                    decoder=(LayerSpec(AttnSpec(2, 16, 10, 16), 48, 0, cross_attn=AttnSpec(1, 8, 16, 16)),
+                             LayerSpec(AttnSpec(4, 16, 16, 16), 128, 1, cross_attn=AttnSpec(3, 16, 8, 16))))
+    model = model_from_spec(cfg, spec)
+    model.generation_config = loaded.model.generation_config
+    loaded.model, loaded.spec = model.eval(), spec
+    export_bundle(loaded, tmp_path / "b", ExportConfig(parity_clips=1, parity_max_tokens=4, threads=1), log=lambda m: None)
+    _check_bundle_flops(tmp_path / "b", spec, context=8)

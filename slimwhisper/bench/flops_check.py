@@ -66,3 +66,67 @@ def compare(model: WhisperForConditionalGeneration, context: int = 32) -> dict[s
         spec["decoder_token"] += spec["cross_kv"]
     torch_counts = counted_flops(model, context)
     return {k: {"spec": spec[k], "torch": v, "rel_diff": abs(spec[k] - v) / max(v, 1)} for k, v in torch_counts.items()}
+
+
+# ---- second, independent count: walk an exported ONNX graph ------------------------------------
+_COUNTED_OPS = ("MatMul", "Gemm", "Conv")
+
+
+def onnx_flops(path, feeds: dict) -> int:
+    """2 x MACs of every MatMul / Gemm / Conv node of an fp32 ONNX graph, from the shapes the
+    tensors really have when ``feeds`` run through it (intermediates exposed as outputs, so no
+    static shape inference of dynamic dims is needed)."""
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    inits = {i.name: tuple(numpy_helper.to_array(i).shape) for i in graph.initializer}
+    nodes = [n for n in graph.node if n.op_type in _COUNTED_OPS]
+    wanted = {name for n in nodes for name in (*n.input[:2], n.output[0]) if name and name not in inits}
+    present = {o.name for o in graph.output} | {i.name for i in graph.input}
+    graph.output.extend(helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None) for name in sorted(wanted - present))
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # count the graph as exported
+    opts.intra_op_num_threads = 1
+    sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    names = [o.name for o in sess.get_outputs()]
+    values = dict(zip(names, sess.run(names, feeds), strict=True))
+    shapes = {**inits, **{k: tuple(np.shape(v)) for k, v in values.items()}, **{k: np.shape(v) for k, v in feeds.items()}}
+    total = 0
+    for n in nodes:
+        out = shapes[n.output[0]]
+        if n.op_type == "Conv":  # weight (C_out, C_in / groups, *kernel)
+            total += 2 * int(np.prod(out)) * int(np.prod(shapes[n.input[1]][1:]))
+        elif n.op_type == "MatMul":
+            total += 2 * int(np.prod(out)) * shapes[n.input[0]][-1]
+        else:  # Gemm: A (M, K) or transposed
+            trans_a = next((a.i for a in n.attribute if a.name == "transA"), 0)
+            a = shapes[n.input[0]]
+            total += 2 * int(np.prod(out)) * (a[0] if trans_a else a[-1])
+    return total
+
+
+def bundle_flops(bundle_dir, context: int = 32, variant: str = "fp32") -> dict[str, int]:
+    """ONNX-walk FLOPs of a bundle's encoder (one 30 s window) and one decoder step whose
+    self-attention attends ``context`` positions (a cache of ``context - 1``)."""
+    import json
+    from pathlib import Path
+
+    import numpy as np
+
+    root = Path(bundle_dir)
+    m = json.loads((root / "manifest.json").read_text())
+    spec, files = m["spec"], m["variants"][variant]
+    feats = np.zeros((1, spec["n_mels"], 2 * spec["n_audio_ctx"]), dtype=np.float32)
+    feeds = {"input_ids": np.zeros((1, 1), dtype=np.int64)}
+    for i, layer in enumerate(spec["decoder"]):
+        a, c = layer["self_attn"], layer["cross_attn"]
+        feeds[f"past_k.{i}"] = np.zeros((1, a["heads"], context - 1, a["qk_dim"]), dtype=np.float32)
+        feeds[f"past_v.{i}"] = np.zeros((1, a["heads"], context - 1, a["vo_dim"]), dtype=np.float32)
+        feeds[f"cross_k.{i}"] = np.zeros((1, c["heads"], spec["n_audio_ctx"], c["qk_dim"]), dtype=np.float32)
+        feeds[f"cross_v.{i}"] = np.zeros((1, c["heads"], spec["n_audio_ctx"], c["vo_dim"]), dtype=np.float32)
+    return {"encoder_graph": onnx_flops(root / files["encoder"], {"input_features": feats}),
+            "decoder_graph": onnx_flops(root / files["decoder"], feeds)}
