@@ -119,20 +119,31 @@ def stats(values):
     return statistics.median(values), min(values), max(values)
 
 
+_HWM = ";print(next(l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')))"
+
+
 def peak_rss_mb(kind: str, arg: str, clip: Path, threads: int) -> float:
+    """Peak RSS of a fresh child that imports, loads and transcribes one clip.
+
+    The child prints its own VmHWM (high-water RSS of its address space, reset at exec). The
+    ``os.wait4`` ru_maxrss is also read but is NOT used: Linux carries ru_maxrss across fork+exec,
+    so it reports this (torch-laden, ~1.6 GB) parent's RSS for every child.
+    """
     code = {
         "bundle": "import sys,soundfile as sf; from slimwhisper.runtime import BundleTranscriber as B;"
                   "a,_=sf.read(sys.argv[3],dtype='float32'); B(sys.argv[1],threads=int(sys.argv[4]),variant=sys.argv[2]).transcribe(a)",
         "fw": "import sys,soundfile as sf; from faster_whisper import WhisperModel as W;"
               "a,_=sf.read(sys.argv[3],dtype='float32'); m=W(sys.argv[1],device='cpu',compute_type='int8',cpu_threads=int(sys.argv[4]));"
               "list(m.transcribe(a,beam_size=1,without_timestamps=True)[0])",
-    }[kind]
+    }[kind] + _HWM
     bundle, variant = (arg.split("::") + [""])[:2]
-    proc = subprocess.Popen([sys.executable, "-c", code, bundle, variant, str(clip), str(threads)])
-    _, status, usage = os.wait4(proc.pid, 0)
+    proc = subprocess.Popen([sys.executable, "-c", code, bundle, variant, str(clip), str(threads)],
+                            stdout=subprocess.PIPE, text=True)
+    stdout = proc.stdout.read()
+    _, status, _usage = os.wait4(proc.pid, 0)
     if status != 0:
         raise RuntimeError(f"child {kind} failed with status {status}")
-    return usage.ru_maxrss / 1024  # KiB on Linux
+    return int(stdout.split()[-1]) / 1024  # VmHWM is in kB
 
 
 def wer_of(system, rows) -> float:
