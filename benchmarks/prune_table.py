@@ -80,7 +80,8 @@ def run_model(model_name: str, args, rows: list[dict], save) -> None:
     from slimwhisper.models.slim import spec_from_model
     from slimwhisper.models.slimdir import save_slim
 
-    todo = [v for v in VARIANTS if v.name in args.variants and not any(r["model"] == model_name and r["variant"] == v.name for r in rows)]
+    by_name = {v.name: v for v in VARIANTS}  # run in the order --variants gives
+    todo = [by_name[n] for n in args.variants if not any(r["model"] == model_name and r["variant"] == n for r in rows)]
     if not todo:
         return
     dense = load_model(model_name)
