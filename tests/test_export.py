@@ -171,3 +171,25 @@ def test_export_config_reports_every_problem():
     assert len(err.value.problems) == 3
     cfg = ExportConfig(quantize="int8")
     assert ExportConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+
+
+@pytest.mark.slow
+def test_real_tiny_en_int8_bundle_transcribes_jfk(tiny_en, tmp_path):
+    from pathlib import Path
+
+    import soundfile as sf
+
+    from slimwhisper.export.bundle import export_bundle
+    from slimwhisper.runtime import BundleTranscriber
+
+    clip = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "misc-real" / "audio" / "jfk.flac"
+    if not clip.is_file():
+        pytest.skip(f"needs {clip}")
+    manifest = export_bundle(tiny_en, tmp_path / "b", ExportConfig(quantize="int8", keep_fp32=True), log=lambda m: None)
+    p = manifest["parity"]["fp32"]
+    assert p["tokens_identical"] and p["logits_max_abs"] < 1e-3
+    audio, _ = sf.read(clip, dtype="float32")
+    for variant in ("fp32", "int8"):
+        text = BundleTranscriber(tmp_path / "b", threads=2, variant=variant).transcribe(audio).text.lower()
+        assert "ask not what your country can do for you" in text.replace(",", "")
+    assert (tmp_path / "b" / "decoder.int8.onnx").stat().st_size < 35e6

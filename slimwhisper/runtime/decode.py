@@ -18,7 +18,9 @@ class DecodeOptions:
     """Greedy decoding settings; token ids come from the bundle manifest."""
 
     max_new_tokens: int = 224  # openai/whisper's sample_len = n_text_ctx // 2
-    language: str | None = None  # None: English-only models use none; multilingual detect it
+    # Multilingual models: None means "en" (as slimwhisper.transcribe.DecodeConfig: forced, not
+    # detected), "auto" detects it per window from the first decoder step. English-only: ignored.
+    language: str | None = None
     task: str = "transcribe"  # or "translate" (multilingual only)
     suppress_blank: bool = True  # apply begin_suppress_tokens at the first generated position
 
