@@ -75,6 +75,8 @@ def test_recipe_and_magnitude_without_calibration(dense, tmp_path):
         (["--component", "decoder.attn=0.5", "--score", "magnitude"], "selector"),
         (["--recipe", "no-such", "--score", "magnitude"], "known recipes"),
         (["--heads", "0.5", "--score", "nope"], "unknown score"),
+        (["--recipe", "dec-self-attn-50", "--threshold", "global"], "--recipe replaces"),
+        (["--target-params", "0.3", "--target-flops", "0.3", "--score", "magnitude"], "not both"),
     ],
 )
 def test_bad_input_exits_2_and_writes_nothing(dense, tmp_path, extra, message):
