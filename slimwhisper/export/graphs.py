@@ -212,14 +212,12 @@ def untie_free_projection(path: Path, model: WhisperForConditionalGeneration) ->
     )
     if emb_name is None:
         raise RuntimeError("embedding table not found among decoder initializers (exporter changed?)")
-    producers = {out: node for node in g.node for out in node.output}
     transposes = [n for n in g.node if n.op_type == "Transpose" and n.input[0] == emb_name]
     gathers = [n for n in g.node if n.op_type == "Gather" and n.input[0] == emb_name]
     if len(transposes) != 1 or len(gathers) != 1:
         raise RuntimeError(
             f"expected one Transpose and one Gather of {emb_name}, found {len(transposes)}/{len(gathers)}"
         )
-    del producers
     wt_name = "proj_out.weight_T"
     g.initializer.append(numpy_helper.from_array(weight.T.copy(), wt_name))
     g.initializer.remove(inits[emb_name])
