@@ -60,14 +60,25 @@ def file_params(folder: Path) -> dict[str, int]:
     return out
 
 
-def wer_of(loaded, eval_data: str, limit: int | None) -> tuple[float, float]:
+def wer_of(loaded, eval_data: str, limit: int | None) -> tuple[dict, float]:
+    """Corpus WER plus what explains a WER above 100%: runaway (looping) outputs.
+
+    ``runaway``: utterances whose hypothesis has more than twice the reference's words (+5);
+    ``median_utt_wer``: the median per-utterance WER, which a few loops cannot dominate.
+    """
+    import statistics
+
     from slimwhisper.data import load_dataset
     from slimwhisper.evaluate import evaluate
+    from slimwhisper.text import score
     from slimwhisper.transcribe import DecodeConfig, TorchTranscriber
 
     start = time.perf_counter()
     result = evaluate(TorchTranscriber(loaded, DecodeConfig()), load_dataset(eval_data, limit=limit), progress=False)
-    return result.wer, time.perf_counter() - start
+    utts = result.utterances
+    runaway = sum(len(u.hyp.split()) > 2 * len(u.ref.split()) + 5 for u in utts)
+    median = statistics.median(score([u.ref], [u.hyp]).wer for u in utts)
+    return {"wer": result.wer, "runaway": runaway, "median_utt_wer": median, "n": len(utts)}, time.perf_counter() - start
 
 
 def run_model(model_name: str, args, rows: list[dict], save) -> None:
@@ -118,7 +129,8 @@ def run_model(model_name: str, args, rows: list[dict], save) -> None:
             save_slim(loaded, out_dir, record=record, configs=configs, force=True)
             fraction = allocation.fraction
         files = file_params(out_dir)
-        wer, eval_s = wer_of(loaded, args.eval, args.eval_limit)
+        stats, eval_s = wer_of(loaded, args.eval, args.eval_limit)
+        wer = stats["wer"]
         row = {
             "model": model_name,
             "variant": v.name,
@@ -131,6 +143,9 @@ def run_model(model_name: str, args, rows: list[dict], save) -> None:
             "alloc_fraction": fraction,
             "spec": loaded.spec.summary(),
             "wer": wer,
+            "runaway": stats["runaway"],
+            "median_utt_wer": stats["median_utt_wer"],
+            "eval_n": stats["n"],
             "eval_s": eval_s,
             "calib_n": len(examples),
             "eval": args.eval,
@@ -144,13 +159,14 @@ def run_model(model_name: str, args, rows: list[dict], save) -> None:
 
 def markdown(rows: list[dict]) -> str:
     lines = [
-        "| model | variant | score | params in file | removed (of all) | removed (of enc+dec layers) | WER |",
-        "|---|---|---|---:|---:|---:|---:|",
+        "| model | variant | score | params in file | removed (of all) | removed (of enc+dec layers) | WER | runaway utts | median utt WER |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(
             f"| {r['model']} | {r['variant']} | {r['score'] or '-'} | {r['params_file']:,} | "
-            f"{r['removed_pct_total']:.1f}% | {r['removed_pct_layers']:.1f}% | {100 * r['wer']:.2f}% |"
+            f"{r['removed_pct_total']:.1f}% | {r['removed_pct_layers']:.1f}% | {100 * r['wer']:.2f}% | "
+            + (f"{r['runaway']}/{r['eval_n']} | {100 * r['median_utt_wer']:.1f}% |" if "runaway" in r else "- | - |")
         )
     return "\n".join(lines)
 
