@@ -27,8 +27,11 @@ def _scatter(path: Path, names: list[str], xs: list[float], ys: list[float], xla
 
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
     ax.scatter(xs, ys, color="tab:blue", zorder=3)
-    for name, x, y in zip(names, xs, ys, strict=True):
-        ax.annotate(name, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=7)
+    for i, (name, x, y) in enumerate(zip(names, xs, ys, strict=True)):
+        # staggered offsets: entries with near-equal figures would print their names on top of each other
+        ax.annotate(name, (x, y), textcoords="offset points", xytext=(5, 4 + 10 * (i % 3)), fontsize=7)
+    if len(ys) > 1 and max(ys) > 5 * max(sorted(ys)[len(ys) // 2], 1):
+        ax.set_yscale("symlog", linthresh=10)  # one broken entry (e.g. WER 600 %) must not flatten the rest
     front = pareto_front(list(zip(xs, ys, strict=True)))
     ax.plot([xs[i] for i in front], [ys[i] for i in front], "--", color="tab:red", zorder=2, label="Pareto front")
     ax.scatter([xs[i] for i in front], [ys[i] for i in front], s=90, facecolors="none", edgecolors="tab:red", zorder=4)
