@@ -193,3 +193,31 @@ def test_real_tiny_en_int8_bundle_transcribes_jfk(tiny_en, tmp_path):
         text = BundleTranscriber(tmp_path / "b", threads=2, variant=variant).transcribe(audio).text.lower()
         assert "ask not what your country can do for you" in text.replace(",", "")
     assert (tmp_path / "b" / "decoder.int8.onnx").stat().st_size < 35e6
+
+
+def test_shrink_remaining_fp32_keeps_outputs(tmp_path):
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from slimwhisper.export.quantize import shrink_remaining_fp32
+
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((8, 4, 3)).astype(np.float32)
+    table = rng.standard_normal((50, 8)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1]),
+         helper.make_node("Transpose", ["c"], ["ct"], perm=[0, 2, 1]),
+         helper.make_node("Add", ["ct", "table"], ["y"])],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 50])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 50, 8])],
+        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(table, "table")])
+    path = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)], ir_version=10), str(path))
+    x = rng.standard_normal((1, 4, 50)).astype(np.float32)
+    before = ort.InferenceSession(str(path)).run(None, {"x": x})[0]
+    shrink_remaining_fp32(path, min_elems=64)
+    types = {i.name: i.data_type for i in onnx.load(str(path)).graph.initializer}
+    assert types["w_q8"] == TensorProto.INT8 and types["table_fp16"] == TensorProto.FLOAT16
+    assert "w" not in types and "table" not in types
+    after = ort.InferenceSession(str(path)).run(None, {"x": x})[0]
+    assert np.max(np.abs(after - before)) < 0.05 * np.max(np.abs(before))
