@@ -45,6 +45,7 @@ class ClipParity:
     logits_max_abs_per_step: list[float]
     torch_tokens: list[int]
     onnx_tokens: list[int]
+    encoder_scale: dict[str, float] = field(default_factory=dict)  # max|torch output|, per output
 
     @property
     def tokens_equal(self) -> bool:
@@ -82,8 +83,12 @@ class ParityReport:
         out = []
         for c in self.clips:
             for name, diff in c.encoder_max_abs.items():
-                if not diff <= tol.encoder:
-                    out.append(f"{c.clip}: encoder output {name} max|diff| {diff:.3g} > {tol.encoder:g}")
+                # fp32 reassociation error grows with the activations' size (a fine-tuned encoder's
+                # hidden states reach |x| ~ 1e2), so the bound is relative above magnitude 1.
+                allowed = tol.encoder * max(1.0, c.encoder_scale.get(name, 1.0))
+                if not diff <= allowed:
+                    out.append(f"{c.clip}: encoder output {name} max|diff| {diff:.3g} > {allowed:.3g}"
+                               f" ({tol.encoder:g} x max(1, max|torch| = {c.encoder_scale.get(name, 1.0):.3g}))")
             for step, diff in enumerate(c.logits_max_abs_per_step):
                 if not diff <= tol.logits:
                     out.append(f"{c.clip}: logits at step {step} max|diff| {diff:.3g} > {tol.logits:g}")
@@ -172,6 +177,7 @@ def check_parity(model, bundle_dir: Path, variant: str, *, clips: int, max_new_t
                            rt.decoder.encoder.run(None, {"input_features": feats.astype(rt.decoder.dtype)})))
             cross = {k: got[k] for k in rt.decoder.cross_names}
             enc_diff = {k: float(np.max(np.abs(got[k].astype(np.float32) - v))) for k, v in ref.items()}
+            enc_scale = {k: float(np.max(np.abs(v))) for k, v in ref.items()}
             prompt = rt.prompt("en" if rt.multilingual else None)
             want, want_logits = torch_greedy(model, feats, prompt, eot=eot, suppress=m["decode"]["suppress_tokens"],
                                              begin_suppress=m["decode"]["begin_suppress_tokens"],
@@ -180,7 +186,7 @@ def check_parity(model, bundle_dir: Path, variant: str, *, clips: int, max_new_t
             forced = rt.decoder.greedy(cross, prompt, max_new_tokens, keep_logits=True, force=force)
             diffs = [float(np.max(np.abs(a - b))) for a, b in zip(forced.logits, want_logits)]
             free = rt.decoder.greedy(cross, prompt, max_new_tokens)
-            report.clips.append(ClipParity(clip_id, enc_diff, diffs, want, free.tokens))
+            report.clips.append(ClipParity(clip_id, enc_diff, diffs, want, free.tokens, enc_scale))
     finally:
         model.set_attn_implementation(was)
     if tolerance is not None:
