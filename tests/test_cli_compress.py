@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
-import soundfile as sf
 from typer.testing import CliRunner
 
 import slimwhisper.cli.compress  # noqa: F401  (registers the commands)
@@ -16,18 +14,9 @@ from slimwhisper.models import load_model
 from slimwhisper.models.slimdir import save_slim
 from slimwhisper.models.testing import tiny_random_loaded
 
+from _helpers import write_manifest
+
 runner = CliRunner()
-
-
-def write_manifest(folder, n=2):
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
-    lines = []
-    for i in range(n):
-        sf.write(folder / f"u{i}.wav", (0.1 * rng.standard_normal(8000)).astype("float32"), 16000)
-        lines.append(f"u{i}\tu{i}.wav\tgood morning {i}")
-    (folder / "transcripts.tsv").write_text("\n".join(lines) + "\n")
-    return folder
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ import json
 
 import pytest
 import torch
-from transformers import WhisperConfig, WhisperForConditionalGeneration
 
 from slimwhisper.compress.unstructured import (
     LABEL,
@@ -18,15 +17,7 @@ from slimwhisper.compress.unstructured import (
 from slimwhisper.models.slim import spec_from_model
 
 
-def tiny() -> WhisperForConditionalGeneration:
-    torch.manual_seed(0)
-    cfg = WhisperConfig(
-        vocab_size=100, num_mel_bins=16, d_model=64, encoder_layers=3, decoder_layers=2,
-        encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=128, decoder_ffn_dim=128,
-        max_source_positions=20, max_target_positions=32, pad_token_id=0, bos_token_id=1,
-        eos_token_id=2, decoder_start_token_id=1,
-    )  # fmt: skip
-    return WhisperForConditionalGeneration(cfg).eval()
+from _helpers import tiny_whisper as tiny
 
 
 def test_zeroes_exactly_the_smallest_of_the_selection():
