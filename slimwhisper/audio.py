@@ -16,7 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
-SAMPLE_RATE = 16_000
+# One definition of each, in the bottom layer (runtime/ may not import this module).
+from slimwhisper.runtime.frontend import SAMPLE_RATE, AudioError, refuse_non_finite
+
+__all__ = ["SAMPLE_RATE", "AudioError", "AudioInfo", "read_audio", "resample", "to_mono_16k"]
 
 # 32 zero crossings of the sinc on each side and Kaiser beta 8.6 give >80 dB stop-band
 # attenuation; the 0.94 roll-off keeps the transition band below the target Nyquist.
@@ -24,10 +27,6 @@ _ZERO_CROSSINGS = 32
 _KAISER_BETA = 8.6
 _ROLLOFF = 0.94
 _CHUNK = 1 << 15  # output samples per vectorised step (bounds the index matrix memory)
-
-
-class AudioError(ValueError):
-    """An audio file could not be read; the message names the file."""
 
 
 @dataclass(frozen=True)
@@ -50,10 +49,15 @@ def read_audio(path: Path | str, target_rate: int = SAMPLE_RATE) -> tuple[np.nda
     import soundfile as sf  # deferred: the runtime copy of this module may not ship it
 
     path = Path(path)
+    if path.is_dir():
+        raise AudioError(f"{path} is a folder, not an audio file; pass the audio files inside it")
+    if not path.exists():
+        raise AudioError(f"no such audio file: {path}")
     try:
         data, rate = sf.read(str(path), dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, OSError) as exc:
         raise AudioError(f"cannot read audio {path}: {exc}") from exc
+    refuse_non_finite(data, f"audio file {path}")  # before resampling spreads NaN over every sample
     info = AudioInfo(sample_rate=int(rate), channels=int(data.shape[1]))
     return to_mono_16k(data, rate, target_rate), info
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from slimwhisper.audio import SAMPLE_RATE, AudioError, read_audio
+from slimwhisper.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +27,7 @@ MANIFEST_NAME = "transcripts.tsv"
 META_NAME = "dataset.json"  # optional: {"synthetic": true, "description": ...}
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """Bad dataset input; the message names the file (and line) and what to do."""
 
 
@@ -171,18 +173,46 @@ def _read_meta(root: Path) -> dict:
     return meta
 
 
-def _read_lines(path: Path) -> list[str]:
+def _read_lines(path: Path, problems: Problems) -> Iterator[tuple[str, str]]:
+    """``(where, line)`` for each non-blank line, ``where`` being ``file:line``.
+
+    Decoded line by line so that a stray non-UTF-8 byte names its line and ``--skip-bad`` can
+    skip just that line. A UTF-8 byte-order mark (Windows editors write one) is dropped.
+    """
     try:
-        return path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"cannot read {path}: {exc}") from exc
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise DataError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    for lineno, chunk in enumerate(raw.removeprefix(b"\xef\xbb\xbf").splitlines(), start=1):
+        where = f"{path}:{lineno}"
+        try:
+            line = chunk.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            problems.bad(f"{where}: not UTF-8 text (byte {chunk[exc.start]:#04x} at column {exc.start + 1}); "
+                         "save the file as UTF-8")
+            continue
+        if line.strip():  # blank lines (e.g. a trailing newline) carry nothing
+            yield where, line
 
 
-def _check_audio(item: Item, problems: Problems) -> Item | None:
+def _check_audio(item: Item, problems: Problems, *, first_line: str | None = None) -> Item | None:
+    """The item if its audio file exists; otherwise report it (``first_line``: the raw line 1 of
+    a manifest, which is most likely a header row when its path is not a file)."""
     if item.path.is_file():
         return item
-    problems.bad(f"{item.where}: audio file {item.path} does not exist")
+    if item.path.is_dir():
+        problems.bad(f"{item.where}: audio path {item.path} is a folder, not an audio file")
+    elif first_line is not None and _looks_like_header(item.path):
+        problems.bad(f"{item.where}: line 1 looks like a header ({first_line[:60]!r}); remove it "
+                     "(manifests have no header row)")
+    else:
+        problems.bad(f"{item.where}: audio file {item.path} does not exist")
     return None
+
+
+def _looks_like_header(path: Path) -> bool:
+    # A column name ("path", "audio_path", "audio file") has no extension; a real audio path does.
+    return re.fullmatch(r"[A-Za-z][A-Za-z _-]*", path.name) is not None
 
 
 # ---- TSV manifest: id<TAB>relative path<TAB>text (empty text = no reference) -------------------
@@ -191,10 +221,7 @@ def _check_audio(item: Item, problems: Problems) -> Item | None:
 def _list_tsv(manifest: Path, problems: Problems) -> list[Item]:
     items: list[Item] = []
     seen: dict[str, str] = {}
-    for lineno, line in enumerate(_read_lines(manifest), start=1):
-        where = f"{manifest}:{lineno}"
-        if not line.strip():
-            continue  # blank lines (e.g. a trailing newline) carry nothing
+    for where, line in _read_lines(manifest, problems):
         fields = line.split("\t")
         if len(fields) not in (2, 3) or not fields[0].strip() or not fields[1].strip():
             problems.bad(f"{where}: expected 'id<TAB>audio path<TAB>text', got {line[:80]!r}")
@@ -205,7 +232,8 @@ def _list_tsv(manifest: Path, problems: Problems) -> list[Item]:
             continue
         seen[uid] = where
         text = fields[2].strip() if len(fields) == 3 and fields[2].strip() else None
-        item = _check_audio(Item(uid, manifest.parent / rel, text, where), problems)
+        first = line if where == f"{manifest}:1" else None
+        item = _check_audio(Item(uid, manifest.parent / rel, text, where), problems, first_line=first)
         if item is not None:
             items.append(item)
     return items
@@ -221,11 +249,8 @@ def _list_tsv_folder(folder: Path, problems: Problems) -> list[Item]:
 def _list_librispeech(folder: Path, problems: Problems) -> list[Item]:
     items: list[Item] = []
     for trans in sorted(folder.rglob("*.trans.txt")):
-        for lineno, line in enumerate(_read_lines(trans), start=1):
-            if not line.strip():
-                continue
+        for where, line in _read_lines(trans, problems):
             uid, _, text = line.strip().partition(" ")
-            where = f"{trans}:{lineno}"
             if not text.strip():
                 problems.bad(f"{where}: expected 'ID TEXT', got {line[:80]!r}")
                 continue
@@ -241,11 +266,8 @@ def _list_librispeech(folder: Path, problems: Problems) -> list[Item]:
 def _list_ljspeech(folder: Path, problems: Problems) -> list[Item]:
     items: list[Item] = []
     meta = folder / "metadata.csv"
-    for lineno, line in enumerate(_read_lines(meta), start=1):
-        if not line.strip():
-            continue
+    for where, line in _read_lines(meta, problems):
         fields = line.split("|")
-        where = f"{meta}:{lineno}"
         if len(fields) < 2 or not fields[0].strip() or not any(f.strip() for f in fields[1:]):
             problems.bad(f"{where}: expected 'id|text|normalized text', got {line[:80]!r}")
             continue

@@ -14,16 +14,28 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from slimwhisper.audio import AudioError
 from slimwhisper.data import Dataset, load_dataset
+from slimwhisper.errors import UserError, check_positive_int, raise_problems
 from slimwhisper.progress import progress_bar
 from slimwhisper.text import Scores, score
-from slimwhisper.transcribe import DecodeConfig, Transcriber, make_transcriber
+from slimwhisper.transcribe import (
+    DecodeConfig,
+    TorchTranscriber,
+    Transcriber,
+    decoding_label,
+    make_transcriber,
+)
+
+if TYPE_CHECKING:
+    from slimwhisper.models.api import LoadedModel
 
 RESULT_VERSION = 1
 
 
-class EvalError(ValueError):
+class EvalError(UserError, ValueError):
     """The evaluation cannot run as asked; the message says what to do."""
 
 
@@ -36,19 +48,19 @@ class EvalConfig:
     skip_bad: bool = False
     decode: DecodeConfig = field(default_factory=DecodeConfig)
     threads: int | None = None
+    batch_size: int = 1  # clips of <= 30 s through encoder and decoder together
 
     def __post_init__(self) -> None:
         problems = []
+        check_positive_int(problems, "--batch-size", self.batch_size)
         if (self.model is None) == (self.bundle is None):
             problems.append("give exactly one of model (--model) or bundle (--bundle)")
         if self.limit is not None and (not isinstance(self.limit, int) or self.limit < 1):
             problems.append(f"limit must be an integer >= 1, got {self.limit!r}")
-        if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
-            problems.append(f"threads must be an integer >= 1, got {self.threads!r}")
+        check_positive_int(problems, "--threads", self.threads, allow_none=True)
         if not isinstance(self.decode, DecodeConfig):
             problems.append("decode must be a DecodeConfig")
-        if problems:
-            raise EvalError("invalid EvalConfig: " + "; ".join(problems))
+        raise_problems(EvalError, "invalid evaluation settings", problems)
 
     @property
     def backend(self) -> str:
@@ -67,6 +79,7 @@ class EvalConfig:
             "skip_bad": self.skip_bad,
             "decode": self.decode.to_dict(),
             "threads": self.threads,
+            "batch_size": self.batch_size,
         }
 
 
@@ -80,6 +93,8 @@ class UtteranceResult:
     encoder_s: float
     tokens: int
     windows: int
+    fallbacks: int = 0  # windows decoded again at a higher temperature
+    silent_windows: int = 0  # windows the no-speech rule skipped
 
 
 @dataclass
@@ -94,6 +109,7 @@ class EvalResult:
     config: EvalConfig | None
     wall_s: float
     skipped_reasons: list[str] = field(default_factory=list)
+    decoding: dict | None = None  # which decoding produced these figures (DecodeConfig.to_dict)
 
     @property
     def n(self) -> int:
@@ -130,6 +146,7 @@ class EvalResult:
         line = f"{self.model} on {label}: WER {100 * s.wer:.2f}%  CER {100 * s.cer:.2f}%  ({self.n} utterances, {s.n_words} words"
         extras = [f"{self.skipped} skipped"] if self.skipped else []
         extras += [f"{self.unscored} without reference"] if self.unscored else []
+        extras += [decoding_label(self.decoding)] if self.decoding else []
         return line + "".join(f", {e}" for e in extras) + ")"
 
     def to_json(self) -> dict:
@@ -147,20 +164,27 @@ class EvalResult:
             "scores": self.scores.to_dict(),
             "timing": self.timing(),
             "config": None if self.config is None else self.config.to_dict(),
+            "decoding": self.decoding,
+            "fallbacks": sum(u.fallbacks for u in self.utterances),
+            "silent_windows": sum(u.silent_windows for u in self.utterances),
             "host": {"machine": platform.machine(), "python": platform.python_version(), "cpus": os.cpu_count()},
             "utterances": [vars(u) for u in self.utterances],
         }
 
 
 def evaluate(
-    transcriber: Transcriber, dataset: Dataset, config: EvalConfig | None = None, progress: bool = True
+    transcriber: Transcriber, dataset: Dataset, config: EvalConfig | None = None, progress: bool = True,
+    batch_size: int | None = None,
 ) -> EvalResult:
-    """Transcribe every utterance that has a reference and score the lot."""
+    """Transcribe every utterance that has a reference and score the lot; with ``batch_size`` > 1
+    (default: ``config.batch_size``) clips go through the transcriber's ``transcribe_batch``."""
     if not dataset.has_references:
         raise EvalError(f"{dataset.name} has no reference texts (calibration audio?); eval needs a labelled set")
+    batch_size = batch_size or (config.batch_size if config is not None else 1)
     start = time.perf_counter()
     results: list[UtteranceResult] = []
     unscored = 0
+    pending: list = []
     with progress_bar(len(dataset), f"eval {transcriber.name}", enabled=progress) as bar:
         for item in dataset.items:
             if item.text is None:
@@ -168,17 +192,17 @@ def evaluate(
                 bar.advance()
                 continue
             utt = dataset.read(item)
-            if utt is not None:
-                out = transcriber.transcribe(utt.audio)
-                results.append(
-                    UtteranceResult(
-                        utt.id, item.text, out.text, utt.seconds, out.total_s, out.encoder_s, len(out.tokens), out.windows
-                    )
-                )
-            bar.advance()
+            if utt is None:
+                bar.advance()
+                continue
+            pending.append((item, utt))
+            if len(pending) >= batch_size:
+                results += _run_pending(transcriber, pending, dataset, bar)
+        results += _run_pending(transcriber, pending, dataset, bar)
     if not results:
         raise EvalError(f"{dataset.name}: no utterance could be evaluated ({dataset.skipped} skipped)")
     scores = score([r.ref for r in results], [r.hyp for r in results])
+    decode = config.decode if config is not None else getattr(transcriber, "config", None)
     return EvalResult(
         model=transcriber.name,
         data=dataset.label,
@@ -190,7 +214,51 @@ def evaluate(
         config=config,
         wall_s=time.perf_counter() - start,
         skipped_reasons=list(dataset.problems.messages),
+        decoding=decode.to_dict() if isinstance(decode, DecodeConfig) else None,
     )
+
+
+def _run_pending(transcriber: Transcriber, pending: list, dataset: Dataset, bar) -> list[UtteranceResult]:
+    """Transcribe the queued (item, utterance) pairs, as one batch when there are several."""
+    outs = None
+    if len(pending) > 1 and hasattr(transcriber, "transcribe_batch"):
+        try:
+            outs = transcriber.transcribe_batch([u.audio for _, u in pending])
+        except AudioError:
+            outs = None  # one clip is refused: transcribe one by one to name it
+    if outs is None:
+        outs = [_transcribe(transcriber, u, dataset, item.where) for item, u in pending]
+    results = []
+    for (item, utt), out in zip(pending, outs):
+        if out is not None:
+            extra = getattr(out, "extra", {}) or {}
+            results.append(UtteranceResult(utt.id, item.text, out.text, utt.seconds, out.total_s, out.encoder_s,
+                                           len(out.tokens), out.windows, int(extra.get("fallbacks", 0)),
+                                           int(extra.get("silent_windows", 0))))
+        bar.advance()
+    pending.clear()
+    return results
+
+
+def _transcribe(transcriber: Transcriber, utt, dataset: Dataset, where: str):
+    """The transcript, or None when the backend refuses the audio and the dataset skips bad items.
+
+    Reading already refuses NaN/Inf samples; this is the same rule for any other audio a backend
+    refuses (the runtime's ``check_audio``), so it fails with file:line or is skipped and counted.
+    """
+    try:
+        return transcriber.transcribe(utt.audio)
+    except AudioError as exc:
+        dataset.problems.bad(f"{where}: {utt.path}: {exc}")
+        return None
+
+
+def wer_of(loaded: LoadedModel, data: str | Path, *, limit: int | None = None, progress: bool = False,
+           decode: DecodeConfig | None = None) -> float:
+    """Corpus WER of an already loaded (e.g. just pruned or trained) model on ``data``, greedy by
+    default: the one place prune/recover/tspar/run measure "how good is this model now"."""
+    dataset = load_dataset(data, limit=limit)
+    return evaluate(TorchTranscriber(loaded, decode or DecodeConfig()), dataset, progress=progress).wer
 
 
 def run_eval(config: EvalConfig, progress: bool = True) -> EvalResult:

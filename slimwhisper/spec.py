@@ -14,16 +14,17 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
+from slimwhisper.errors import UserError
 
 SPEC_VERSION = 1
 
 
-class SpecError(ValueError):
+class SpecError(UserError, ValueError):
     """A spec (or a model/weights pair) is inconsistent; ``problems`` lists every issue found."""
 
     def __init__(self, problems: list[str]):
         self.problems = list(problems)
-        super().__init__("invalid shape spec:\n  - " + "\n  - ".join(self.problems))
+        super().__init__("invalid shape spec", self.problems)
 
 
 @dataclass(frozen=True)

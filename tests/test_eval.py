@@ -11,7 +11,15 @@ import soundfile as sf
 
 from slimwhisper.audio import SAMPLE_RATE
 from slimwhisper.data import load_dataset
-from slimwhisper.evaluate import EvalConfig, EvalError, evaluate, run_eval, write_json_atomic
+from slimwhisper.errors import UserError
+from slimwhisper.evaluate import (
+    EvalConfig,
+    EvalError,
+    evaluate,
+    run_eval,
+    wer_of,
+    write_json_atomic,
+)
 from slimwhisper.transcribe import (
     BACKENDS,
     DecodeConfig,
@@ -50,12 +58,13 @@ def test_long_audio_is_transcribed_in_30s_windows(tiny_random):
     tr = TorchTranscriber(tiny_random, FAST)
     assert isinstance(tr, Transcriber)
     out = tr.transcribe(noise(70))
-    assert out.windows == 3 and len(out.window_texts) == 3
+    assert out.windows == 3 and len(out.segments) <= 3  # without timestamps: 30 s windows, one segment each
     assert 0 < out.encoder_s <= out.total_s
     assert len(out.tokens) <= 3 * FAST.max_new_tokens  # random weights may emit only specials
     special = set(tiny_random.processor.tokenizer.all_special_ids)
     assert not special & set(out.tokens)
-    assert out.text == " ".join(t for t in out.window_texts if t)
+    assert out.text == "".join(s.text for s in out.segments).strip()
+    assert [s.start for s in out.segments] == [30.0 * i for i in range(len(out.segments))]
 
 
 def test_beam_search_runs(tiny_random):
@@ -85,8 +94,6 @@ def test_backend_registry():
     assert set(BACKENDS) >= {"torch", "bundle"}
     with pytest.raises(DecodeError, match="unknown backend"):
         make_transcriber("tensorflow", "x")
-    with pytest.raises(DecodeError, match="bundle decodes greedily"):
-        make_transcriber("bundle", "somewhere", DecodeConfig(beam=4))
     with pytest.raises(DecodeError, match="no bundle folder"):
         make_transcriber("bundle", "/no/such/bundle")
 
@@ -178,3 +185,86 @@ def test_progress_in_logs_prints_plain_lines(capsys):
         bar.advance(wer="5%")
     err = capsys.readouterr().err
     assert "quiet" not in err and "eval x: 2/2" in err and "wer=5%" in err
+
+
+# ---- one rule for bad audio and bad thread counts on every path ------------------------------------
+
+
+def write_nan_set(folder: Path) -> Path:
+    """Two labelled clips; the first is a float WAV holding a NaN sample."""
+    write_set(folder, [("a", "hello"), ("b", "world")])
+    bad = noise(1.0)
+    bad[10] = np.nan
+    sf.write(folder / "audio" / "a.wav", bad, SAMPLE_RATE, subtype="FLOAT")
+    tsv = folder / "transcripts.tsv"
+    tsv.write_text(tsv.read_text().replace("audio/a.flac", "audio/a.wav"))
+    return folder
+
+
+@pytest.mark.parametrize("backend", ["torch", "bundle"])
+def test_nan_audio_is_refused_or_skipped_on_both_backends(tmp_path, tiny_random, tiny_bundle, backend):
+    from slimwhisper.runtime import BundleTranscriber, DecodeOptions
+
+    data = write_nan_set(tmp_path)
+    if backend == "torch":
+        tr = TorchTranscriber(tiny_random, FAST)
+    else:
+        tr = BundleTranscriber(tiny_bundle[1], threads=1, options=DecodeOptions(max_new_tokens=4))
+    with pytest.raises(UserError, match=r"transcripts.tsv:1: audio file .*a.wav contains 1 NaN"):
+        evaluate(tr, load_dataset(data), progress=False)
+    result = evaluate(tr, load_dataset(data, skip_bad=True), progress=False)
+    assert result.n == 1 and result.skipped == 1 and "a.wav" in result.skipped_reasons[0]
+
+
+def test_eval_bundle_skip_bad_end_to_end(tmp_path, tiny_bundle):
+    data = write_nan_set(tmp_path)
+    result = run_eval(EvalConfig(data=data, bundle=tiny_bundle[1], skip_bad=True, decode=FAST, threads=1),
+                      progress=False)
+    assert result.n == 1 and result.skipped == 1
+
+
+def test_audio_a_backend_refuses_is_skipped_and_counted(tmp_path):
+    from slimwhisper.audio import AudioError
+
+    class Refuses:
+        name = "refuses"
+
+        def transcribe(self, audio):
+            raise AudioError("audio is too quiet")
+
+    write_set(tmp_path, [("a", "x")])
+    with pytest.raises(UserError, match=r"transcripts.tsv:1: .*a.flac: audio is too quiet"):
+        evaluate(Refuses(), load_dataset(tmp_path), progress=False)
+    with pytest.raises(EvalError, match="no utterance could be evaluated \\(1 skipped\\)"):
+        evaluate(Refuses(), load_dataset(tmp_path, skip_bad=True), progress=False)
+
+
+@pytest.mark.parametrize("threads", [0, -1, True])
+def test_threads_below_one_are_refused_before_loading(threads):
+    for backend in ("torch", "bundle"):  # the model/bundle does not exist: the check comes first
+        with pytest.raises(DecodeError, match=f"--threads must be a positive integer, got {threads!r}"):
+            make_transcriber(backend, "/no/such/model", threads=threads)
+    with pytest.raises(EvalError, match=f"--threads must be a positive integer, got {threads!r}"):
+        EvalConfig(data=Path("d"), model="tiny.en", threads=threads)
+
+
+def test_wer_of_a_loaded_model(tmp_path, tiny_random):
+    write_set(tmp_path, [("a", "hello world"), ("b", "good morning")])
+    want = evaluate(TorchTranscriber(tiny_random, DecodeConfig()), load_dataset(tmp_path, limit=1), progress=False)
+    assert wer_of(tiny_random, tmp_path, limit=1) == pytest.approx(want.wer)
+    assert want.n == 1
+
+
+def test_torch_transcriber_refuses_non_finite_arrays(tiny_random):
+    from slimwhisper.audio import AudioError
+
+    audio = noise(0.5)
+    audio[3] = -np.inf
+    with pytest.raises(AudioError, match="audio contains 1 NaN or infinite sample"):
+        TorchTranscriber(tiny_random, FAST).transcribe(audio)
+
+
+def test_english_only_bundle_refuses_other_language_like_torch(tiny_bundle):
+    with pytest.raises(DecodeError, match="English-only"):
+        make_transcriber("bundle", str(tiny_bundle[1]), DecodeConfig(language="de"))
+    assert make_transcriber("bundle", str(tiny_bundle[1]), DecodeConfig(language="en"), threads=1).name

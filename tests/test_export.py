@@ -95,7 +95,9 @@ def test_uneven_parity_recorded_and_runtime_matches_torch(uneven_bundle):
     audio = speechlike()
     want = torch_tokens(loaded, audio)
     assert len(want) > 0
-    assert bundle_tokens(out, audio) == want
+    # fp32 graphs: the default variant here is int8, whose rounding may flip a near tie of this
+    # random model's flat logits on some CPUs (int8 kernels differ with VNNI/AMX).
+    assert bundle_tokens(out, audio, variant="fp32") == want
     # The ORT-format files (ORT Mobile, here of the int8 graphs) decode like the int8 ONNX files.
     assert bundle_tokens(out, audio, variant="int8-ort") == bundle_tokens(out, audio, variant="int8")
     assert (out / "required_operators.config").read_text().count("ai.onnx") >= 3
@@ -139,14 +141,17 @@ def test_parity_error_lists_each_output(tiny_bundle):
 
 
 def test_existing_out_is_refused_unless_force(tiny_bundle, tmp_path):
-    from slimwhisper.export.bundle import ExportError, export_bundle
+    from slimwhisper.errors import UserError
+    from slimwhisper.export.bundle import export_bundle
 
     loaded, _ = tiny_bundle
     out = tmp_path / "b"
     out.mkdir()
     (out / "keep.txt").write_text("user data")
-    with pytest.raises(ExportError, match="--force"):
+    with pytest.raises(UserError, match="--force"):
         export_bundle(loaded, out, ExportConfig(parity_clips=1, parity_max_tokens=2))
+    with pytest.raises(UserError, match="not an ONNX bundle"):  # --force never replaces a foreign folder
+        export_bundle(loaded, out, ExportConfig(parity_clips=1, parity_max_tokens=2), force=True)
     assert (out / "keep.txt").read_text() == "user data"
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".b.tmp")]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 from pathlib import Path
 
@@ -42,12 +43,43 @@ def random_ct2(tmp_path_factory):
 
 
 # ---- source kinds -------------------------------------------------------------------------------
-def test_kind_order_has_slim_before_plain_folders():
-    names = [k.name for k in source_kinds()]
-    assert names[0] == "bundled"
-    assert names[-4:] == ["transformers", "ct2", "openai-pt", "hub"]
-    if "slim" in names:
-        assert names.index("slim") < names.index("transformers")
+def test_kind_order_is_by_explicit_priority():
+    kinds = source_kinds()
+    assert [k.name for k in kinds] == ["bundled", "slim", "transformers", "ct2", "openai-pt", "hub"]
+    assert [k.priority for k in kinds] == sorted(k.priority for k in kinds)
+
+
+def test_new_kind_is_placed_by_priority_and_ties_are_refused(monkeypatch):
+    from slimwhisper.models import SourceKind, api, register_source
+
+    monkeypatch.setattr(api, "_SOURCES", list(api._SOURCES))  # registered only for this test
+    register_source(SourceKind("early", lambda s: False, lambda s, o: None, priority=15))
+    assert [k.name for k in source_kinds()][:3] == ["bundled", "early", "slim"]
+    with pytest.raises(ValueError, match="'slim' and 'tie' both have priority 20"):
+        register_source(SourceKind("tie", lambda s: False, lambda s, o: None, priority=20))
+
+
+def test_sources_and_openai_pt_do_not_import_each_other():
+    import ast
+
+    from slimwhisper import models
+
+    root = Path(models.__file__).parent
+
+    def imported(name: str) -> set[str]:
+        tree = ast.parse((root / f"{name}.py").read_text())
+        return {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+
+    assert "slimwhisper.models.openai_pt" not in imported("sources")
+    assert "slimwhisper.models.sources" not in imported("openai_pt")
+    assert "ModuleNotFoundError" not in (root / "__init__.py").read_text()
+
+
+def test_bundle_folder_given_as_model_suggests_bundle(tmp_path):
+    (tmp_path / "manifest.json").write_text(json.dumps({"format": "slimwhisper-bundle", "format_version": 1}))
+    with pytest.raises(ModelLoadError, match=r"is an ONNX bundle .*; use --bundle .*") as err:
+        load_model(str(tmp_path))
+    assert "\n" not in str(err.value)
 
 
 def test_tiny_random_loaded_is_consistent():

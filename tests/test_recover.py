@@ -10,11 +10,17 @@ import torch
 
 from slimwhisper.compress import PrunePlan, apply_plan
 from slimwhisper.compress.calib import CalibExample, batch_loss, collate, example_loss
-from slimwhisper.compress.recover import RecoverConfig, RecoverError, distill_loss, recover, save_recovered
-from slimwhisper.compress.train import TrainConfig, TrainError, train
 from slimwhisper.models import load_model
 from slimwhisper.models.slim import spec_from_model
 from slimwhisper.models.testing import tiny_random_loaded
+from slimwhisper.train.loop import TrainConfig, TrainError, train
+from slimwhisper.train.recover import (
+    RecoverConfig,
+    RecoverError,
+    distill_loss,
+    recover,
+    save_recovered,
+)
 
 SOT, NOTS, EOT = 50257, 50362, 50256
 PLAN = {"encoder.0.self_attn.head.1", "decoder.1.cross_attn.head.0", "decoder.0.ffn.neuron.3", "encoder.1.ffn.neuron.7"}
@@ -79,7 +85,7 @@ def test_lora_merge_keeps_spec_and_param_count_and_changes_weights(pruned):
     assert {n: p.requires_grad for n, p in loaded.model.named_parameters()} == flags  # peft's freezing undone
 
 
-@pytest.mark.parametrize("method", ["finetune", "distill"])
+@pytest.mark.parametrize("method", ["finetune", "lora"])
 def test_spec_never_changes(pruned, method):
     loaded = copy.deepcopy(pruned)
     recover(loaded, cfg(method, steps=2), teacher=tiny_random_loaded(), examples=examples(), progress=False)
@@ -96,9 +102,21 @@ def test_distill_loss_is_zero_when_student_is_teacher():
     assert float(other) > 0.1
 
 
-def test_distill_needs_a_teacher(pruned):
+@pytest.mark.parametrize("method", ["distill", "layerwise"])
+def test_distill_needs_a_teacher(pruned, method):
     with pytest.raises(RecoverError, match="teacher"):
-        recover(copy.deepcopy(pruned), cfg("distill"), examples=examples(), progress=False)
+        recover(copy.deepcopy(pruned), cfg(method), examples=examples(), progress=False)
+
+
+def test_unlabelled_audio_without_a_teacher_is_refused(pruned, tmp_path):
+    import numpy as np
+    import soundfile as sf
+
+    sf.write(tmp_path / "a.wav", np.zeros(4000, "float32"), 16000)
+    (tmp_path / "transcripts.tsv").write_text("a\ta.wav\t\n")
+    config = RecoverConfig("finetune", TrainConfig(str(tmp_path), steps=1))
+    with pytest.raises(RecoverError, match="no reference text"):
+        recover(copy.deepcopy(pruned), config, progress=False)
 
 
 def test_teacher_must_match():

@@ -11,7 +11,14 @@ import textwrap
 import numpy as np
 import pytest
 
-from slimwhisper.runtime import AudioError, BundleError, BundleTranscriber, TokenDecoder, log_mel, resample
+from slimwhisper.runtime import (
+    AudioError,
+    BundleError,
+    BundleTranscriber,
+    TokenDecoder,
+    log_mel,
+    resample,
+)
 
 
 @pytest.mark.parametrize("seconds", [0.7, 12.0, 31.0])
@@ -51,8 +58,10 @@ def test_transcriber_fields_and_long_audio_windows(tiny_bundle):
 
     rt = BundleTranscriber(out, threads=1, options=DecodeOptions(max_new_tokens=3))
     r = rt.transcribe(np.zeros(16000 * 65, dtype=np.float32) + 0.01)
-    assert r.windows == 3 and len(r.window_texts) == 3
+    assert r.windows == 3 and len(r.segments) <= 3  # no timestamps: each window is one segment
+    assert [s.start for s in r.segments] == sorted(s.start for s in r.segments)
     assert r.total_s >= r.encoder_s > 0 and isinstance(r.text, str) and all(t < 50256 for t in r.tokens)
+    assert r.extra["decoding"]["search"] == "greedy" and r.extra["decoding"]["fallback"] is False
     r8k = rt.transcribe(np.zeros(8000, dtype=np.float32), sr=8000)
     assert r8k.windows == 1
 
@@ -116,3 +125,59 @@ def test_runtime_imports_and_transcribes_without_torch(tiny_bundle):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("ok")
+
+
+# ---- bad input: one UserError naming what is wrong -----------------------------------------------
+
+
+def test_runtime_errors_are_user_errors_and_audio_error_is_shared():
+    import slimwhisper.audio
+    from slimwhisper.errors import UserError
+
+    assert issubclass(BundleError, UserError) and issubclass(AudioError, UserError)
+    assert slimwhisper.audio.AudioError is AudioError  # one class: skip-bad treats both paths alike
+    assert slimwhisper.audio.SAMPLE_RATE == 16000
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda m: m.pop("files"), "missing key 'files'"),
+    (lambda m: m["tokenizer"].pop("eot"), "missing key 'tokenizer.eot'"),
+    (lambda m: m.update(files=["encoder.onnx"]), "'files' must be an object, got list"),
+    (lambda m: m["spec"]["decoder"][0].pop("self_attn"), r"spec.decoder\[0\].self_attn must give integer heads"),
+])  # fmt: skip
+def test_incomplete_manifest_names_the_key(bundle_copy, edit, message):
+    path = bundle_copy / "manifest.json"
+    m = json.loads(path.read_text())
+    edit(m)
+    path.write_text(json.dumps(m))
+    for verify in (True, False):
+        with pytest.raises(BundleError, match=message) as err:
+            BundleTranscriber(bundle_copy, verify=verify)
+        assert "re-export the bundle" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_manifest_that_is_not_an_object(bundle_copy):
+    (bundle_copy / "manifest.json").write_text("[1, 2]")
+    with pytest.raises(BundleError, match="format is None"):
+        BundleTranscriber(bundle_copy)
+
+
+@pytest.mark.parametrize("threads", [0, -1])
+def test_threads_below_one_are_refused(tiny_bundle, threads):
+    with pytest.raises(BundleError, match=f"threads must be a positive integer, got {threads}"):
+        BundleTranscriber(tiny_bundle[1], threads=threads)
+
+
+def test_non_finite_audio_names_where_it_came_from(tiny_bundle):
+    rt = BundleTranscriber(tiny_bundle[1], threads=1)
+    audio = np.zeros(1600, dtype=np.float32)
+    audio[5] = np.inf
+    with pytest.raises(AudioError, match="clip.wav contains 1 NaN or infinite sample"):
+        rt.transcribe(audio, where="clip.wav")
+
+
+def test_forced_language_rule():
+    from slimwhisper.runtime.decode import forced_language
+
+    assert forced_language(None, True) == "en" and forced_language("de", True) == "de"
+    assert forced_language("auto", True) == "auto" and forced_language("de", False) is None

@@ -105,8 +105,8 @@ def test_block_normalisation_makes_block_average_one_per_parameter(tiny_random):
 
 
 def test_bad_score_configs():
-    with pytest.raises(ScoreError, match="unknown score 'obs'.*fisher"):
-        ScoreConfig("obs")
+    with pytest.raises(ScoreError, match="unknown score 'hessian'.*fisher.*obs"):
+        ScoreConfig("hessian")
     with pytest.raises(ScoreError, match="p must be 1 or 2"):
         ScoreConfig("magnitude", p=3)
 

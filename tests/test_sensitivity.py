@@ -66,6 +66,6 @@ def test_json_plot_and_table(table, tmp_path):
 
 def test_config_refuses_existing_out(tmp_path):
     (tmp_path / "s.json").write_text("{}")
-    with pytest.raises(SensitivityError, match="exists; pass --force"):
+    with pytest.raises(SensitivityError, match="already exists; choose another file or pass --force"):
         SensitivityConfig("tiny.en", CalibConfig("d"), out=str(tmp_path / "s.json"))
     SensitivityConfig("tiny.en", CalibConfig("d"), out=str(tmp_path / "s.json"), force=True)

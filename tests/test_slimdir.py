@@ -11,6 +11,7 @@ from transformers import WhisperForConditionalGeneration
 
 from slimwhisper.compress.plan import PrunePlan, PruneRecord
 from slimwhisper.compress.surgery import apply_plan
+from slimwhisper.errors import UserError
 from slimwhisper.models import ModelLoadError, load_model
 from slimwhisper.models.slim import spec_from_model
 from slimwhisper.models.slimdir import SlimDirError, is_slim_dir, load_slim, save_slim
@@ -72,25 +73,34 @@ def test_stock_loader_fails_loudly(pruned, tmp_path):
 def test_existing_targets_are_protected(pruned, tmp_path):
     loaded, record = pruned
     out = save_slim(loaded, tmp_path / "slim", record=record, configs={}, source={})
-    with pytest.raises(SlimDirError, match="already exists"):
+    with pytest.raises(UserError, match="already exists"):
         save_slim(loaded, out, record=record, configs={}, source={})
     save_slim(loaded, out, record=record, configs={"again": {}}, source={}, force=True)
     assert json.loads((out / "pruning.json").read_text())["configs"] == {"again": {}}
     user = tmp_path / "mine"
     user.mkdir()
     (user / "notes.txt").write_text("keep me")
-    with pytest.raises(SlimDirError, match="not a slimwhisper folder"):
+    with pytest.raises(UserError, match="not a pruned slimwhisper model folder"):
         save_slim(loaded, user, record=record, configs={}, source={}, force=True)
     assert (user / "notes.txt").read_text() == "keep me"
     reloaded = load_slim(out)
-    with pytest.raises(SlimDirError, match="loaded from"):
+    with pytest.raises(UserError, match="input"):
         save_slim(reloaded, out, configs={}, source={}, force=True)
     assert not list(tmp_path.glob(".*tmp-*"))  # no half-written folders left behind
 
 
+def as_old_folder(out):
+    """Make ``out`` look like a folder saved before checksums existed."""
+    (out / "checksums.json").unlink()
+    meta = json.loads((out / "slimwhisper.json").read_text())
+    del meta["checksums"]
+    (out / "slimwhisper.json").write_text(json.dumps(meta))
+    return out
+
+
 def test_wrong_shapes_are_named(pruned, tmp_path):
     loaded, record = pruned
-    out = save_slim(loaded, tmp_path / "slim", record=record, configs={}, source={})
+    out = as_old_folder(save_slim(loaded, tmp_path / "slim", record=record, configs={}, source={}))
     state = load_file(str(out / "model.safetensors"))
     name = "model.encoder.layers.0.self_attn.q_proj.weight"
     state[name] = torch.zeros(48, 64)
@@ -120,3 +130,61 @@ def test_prune_a_reloaded_model_again(pruned, tmp_path):
     assert final.extra["source_model"]["name"] == "tiny-random"
     assert PruneRecord.from_dict(final.extra["pruning"]["record"]) == again
     torch.testing.assert_close(logits(final.model), logits(back.model), atol=0, rtol=0)
+
+
+# ---- checksums: damage is reported in one line, naming the file ----------------------------------
+
+
+@pytest.fixture
+def saved(pruned, tmp_path):
+    loaded, record = pruned
+    return loaded, save_slim(loaded, tmp_path / "slim", record=record, configs={}, source={})
+
+
+def test_every_file_is_checksummed(saved):
+    _, out = saved
+    sums = json.loads((out / "checksums.json").read_text())["sha256"]
+    assert {"model.safetensors", "slimwhisper.json", "config.json", "pruning.json"} <= set(sums)
+    assert load_slim(out).sha256 == sums["model.safetensors"]
+
+
+def test_flipped_bytes_in_weights_are_refused(saved):
+    _, out = saved
+    data = bytearray((out / "model.safetensors").read_bytes())
+    data[len(data) // 2] ^= 0x01  # one bit of one float: the model would still run
+    (out / "model.safetensors").write_bytes(bytes(data))
+    with pytest.raises(ModelLoadError, match="is damaged: model.safetensors differs.*re-create the folder") as err:
+        load_model(str(out))
+    assert isinstance(err.value, UserError) and "\n" not in str(err.value)
+
+
+def test_edited_head_count_with_matching_shapes_is_refused(saved):
+    _, out = saved
+    meta = json.loads((out / "slimwhisper.json").read_text())
+    attn = meta["spec"]["decoder"][1]["cross_attn"]  # 3 heads x 16: edit to 1 head x 48, same shapes
+    attn["heads"], attn["qk_dim"], attn["vo_dim"] = attn["heads"] // 3, attn["qk_dim"] * 3, attn["vo_dim"] * 3
+    (out / "slimwhisper.json").write_text(json.dumps(meta))
+    with pytest.raises(ModelLoadError, match="damaged: slimwhisper.json differs"):
+        load_slim(out)
+    back = load_slim(as_old_folder(out))  # the checksum is what catches it: shapes alone do not
+    assert back.spec.decoder[1].cross_attn.heads == 1
+
+
+def test_truncated_weights_are_one_clear_error(saved):
+    _, out = saved
+    weights = out / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    with pytest.raises(ModelLoadError, match="damaged: model.safetensors differs"):
+        load_slim(out)
+    with pytest.raises(ModelLoadError, match="model.safetensors cannot be read .*truncated: re-create"):
+        load_slim(as_old_folder(out))  # no checksum to compare: the reader's error, in one line
+
+
+def test_missing_checksums_file_is_damage_but_old_folders_load(saved):
+    loaded, out = saved
+    (out / "checksums.json").rename(out.parent / "elsewhere.json")
+    with pytest.raises(ModelLoadError, match="damaged: checksums.json is missing"):
+        load_slim(out)
+    (out.parent / "elsewhere.json").rename(out / "checksums.json")
+    back = load_slim(as_old_folder(out))
+    torch.testing.assert_close(logits(back.model), logits(loaded.model), atol=0, rtol=0)

@@ -7,16 +7,13 @@ from transformers import WhisperConfig, WhisperForConditionalGeneration
 from slimwhisper.models.slim import check_state_dict, model_from_spec, spec_from_model
 from slimwhisper.spec import ArchSpec, AttnSpec, LayerSpec, SpecError
 
+from _helpers import tiny_config as shared_tiny_config
+
 
 def tiny_config(**kw) -> WhisperConfig:
-    base = dict(
-        vocab_size=100, num_mel_bins=8, encoder_layers=3, decoder_layers=2, encoder_attention_heads=4,
-        decoder_attention_heads=4, d_model=32, encoder_ffn_dim=64, decoder_ffn_dim=64,
-        max_source_positions=30, max_target_positions=20, decoder_start_token_id=1, pad_token_id=0,
-        eos_token_id=2, bos_token_id=1,
-    )
-    base.update(kw)
-    return WhisperConfig(**base)
+    base = dict(num_mel_bins=8, d_model=32, encoder_ffn_dim=64, decoder_ffn_dim=64, max_source_positions=30,
+                max_target_positions=20)
+    return shared_tiny_config(**{**base, **kw})
 
 
 def uneven_spec() -> ArchSpec:

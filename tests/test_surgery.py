@@ -6,32 +6,23 @@ import copy
 
 import pytest
 import torch
-from transformers import WhisperConfig, WhisperForConditionalGeneration
+from transformers import WhisperForConditionalGeneration
 
 from slimwhisper.compress.groups import GroupSpace, enumerate_groups, zero_groups
 from slimwhisper.compress.plan import PlanError, PrunePlan, PruneRecord
 from slimwhisper.compress.surgery import apply_plan
 from slimwhisper.models.slim import SlimWhisperAttention, spec_from_model
 
+from _helpers import tiny_whisper
+
 ALL = frozenset({"head", "qk", "vo", "neuron", "layer"})
 N_MELS, FRAMES = 16, 40
 
 
 def tiny(seed: int = 0, attn: str = "sdpa") -> WhisperForConditionalGeneration:
-    torch.manual_seed(seed)
-    cfg = WhisperConfig(
-        vocab_size=100, num_mel_bins=N_MELS, d_model=64, encoder_layers=3, decoder_layers=2,
-        encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=128, decoder_ffn_dim=128,
-        max_source_positions=FRAMES // 2, max_target_positions=32, pad_token_id=0, bos_token_id=1,
-        eos_token_id=2, decoder_start_token_id=1, begin_suppress_tokens=None, suppress_tokens=None,
-    )  # fmt: skip
-    cfg._attn_implementation = attn
-    model = WhisperForConditionalGeneration(cfg).eval()
-    with torch.no_grad():  # non-zero biases so that bias handling is exercised
-        for name, p in model.named_parameters():
-            if name.endswith("bias"):
-                p.normal_(0, 0.2)
-    return model
+    # Non-zero biases so that bias handling is exercised; no suppression lists (raw argmax).
+    return tiny_whisper(seed, attn, noisy_bias=True, num_mel_bins=N_MELS, max_source_positions=FRAMES // 2,
+                        begin_suppress_tokens=None, suppress_tokens=None)
 
 
 def inputs(seed: int = 1):

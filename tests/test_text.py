@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from slimwhisper.text import ScoreError, normalize, score
+from slimwhisper.text import WerError, normalize, score
 
 
 def test_case_and_punctuation_do_not_count():
@@ -43,9 +43,9 @@ def test_empty_reference_counts_insertions_but_no_words():
 
 
 def test_nothing_to_score_raises():
-    with pytest.raises(ScoreError, match="every reference is empty"):
+    with pytest.raises(WerError, match="every reference is empty"):
         score(["", "um"], ["a", ""])
-    with pytest.raises(ScoreError, match="no utterances"):
+    with pytest.raises(WerError, match="no utterances"):
         score([], [])
-    with pytest.raises(ScoreError, match="2 references but 1 hypotheses"):
+    with pytest.raises(WerError, match="2 references but 1 hypotheses"):
         score(["a", "b"], ["a"])

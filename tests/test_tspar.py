@@ -11,11 +11,11 @@ from torch import nn
 
 from slimwhisper.compress.calib import CalibExample
 from slimwhisper.compress.groups import GroupSpace, enumerate_groups, zero_groups
-from slimwhisper.compress.lasso import GroupNorms, LassoError
-from slimwhisper.compress.train import TrainConfig
-from slimwhisper.compress.tspar import TsparConfig, TsparError, run_tspar, two_pass_plan
 from slimwhisper.models import load_model
 from slimwhisper.models.testing import tiny_random_loaded
+from slimwhisper.train.lasso import GroupNorms, LassoError
+from slimwhisper.train.loop import TrainConfig
+from slimwhisper.train.tspar import TsparConfig, TsparError, run_tspar, two_pass_plan
 
 HEAD_NEURON = GroupSpace(frozenset({"head", "neuron"}))
 
@@ -120,6 +120,7 @@ def test_run_tspar_saves_a_smaller_model_that_reloads(tmp_path):
 
 def test_bad_tspar_config_lists_every_problem(tmp_path):
     (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "mine.txt").write_text("x")  # an empty folder is used as is (outputs.py); a full one is not
     with pytest.raises(TsparError) as err:
         _config(tmp_path, lambda_group=0.0, target_params=1.5, tau=0, regularize="magic")
     text = str(err.value)
@@ -132,3 +133,25 @@ def test_penalty_mode_adds_omega_to_the_loss(tmp_path):
     result = run_tspar(config, progress=False, loaded=loaded, examples=examples(2))
     assert all("omega" in log and log["omega"] > 0 for log in result.training.logs)
     assert isinstance(loaded.model.model.encoder.layers[0].fc1, nn.Linear)
+
+
+def test_lambda_schedule_warms_up_ramps_and_backs_off_when_ce_rises(tmp_path):
+    from slimwhisper.train.tspar import LambdaSchedule
+
+    config = _config(tmp_path, ce_warmup=0.2, lambda_ramp=0.4, ce_tolerance=0.1)
+    s = LambdaSchedule(config, total=10)
+    assert s.factor(0) == s.factor(1) == 0.0 and 0 < s.factor(2) < s.factor(3) < s.factor(5) == 1.0
+    s.observe(0, 1.0)
+    s.observe(1, 1.0)
+    assert s.ce_ref == 1.0
+    s.observe(2, 3.0)  # CE far above dense: lambda halves
+    assert s.adapt == 0.5 and s.factor(6) == 0.5
+    for step in range(3, 80):
+        s.observe(step, 1.0)
+    assert s.adapt == 1.0  # recovers (10% a step) once the CE average is back near dense
+    assert "pass 1" in config.to_dict()["two_pass_rule"]
+
+
+def test_negative_lambda_is_refused(tmp_path):
+    with pytest.raises(TsparError, match="lambda_group must be a finite number >= 0"):
+        _config(tmp_path, lambda_group=-0.1)

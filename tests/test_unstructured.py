@@ -47,15 +47,15 @@ def test_zeroes_exactly_the_smallest_of_the_selection():
 @pytest.mark.parametrize("scope", ["per_matrix", "per_component", "global"])
 def test_scopes_rank_differently_but_hit_the_ratio(scope):
     model = tiny()
-    report = prune_unstructured(model, UnstructuredConfig(0.3, ("encoder.last2.ffn", "decoder.cross_attn"), scope))
-    assert report.by_component["encoder.last2.ffn"]["weights"] == 2 * 2 * 64 * 128
+    report = prune_unstructured(model, UnstructuredConfig(0.3, ("encoder[-2:].ffn", "decoder.cross_attn"), scope))
+    assert report.by_component["encoder[-2:].ffn"]["weights"] == 2 * 2 * 64 * 128
     total = sum(c["weights"] for c in report.by_component.values())
     zeros = [c["zeros"] for c in report.by_component.values()]
     assert abs(report.zeros_after - 0.3 * total) <= 12  # k is floored in each ranked group (<= 12 matrices)
     first = model.model.encoder.layers[0].fc1.weight
     assert (first == 0).sum() == 0  # not among the last two encoder layers
     if scope != "global":
-        ffn_n = report.by_component["encoder.last2.ffn"]["weights"]
+        ffn_n = report.by_component["encoder[-2:].ffn"]["weights"]
         assert abs(zeros[0] - 0.3 * ffn_n) <= 4
 
 
@@ -74,8 +74,19 @@ def test_global_ranking_differs_from_per_matrix():
 
 def test_bad_config_lists_every_problem():
     with pytest.raises(ValueError) as err:
-        UnstructuredConfig(1.5, ("decoder.selfattn", "encoder.last2.ffn"), "layerwise")
+        UnstructuredConfig(1.5, ("decoder.selfattn", "encoder[-2:].ffn"), "layerwise")
     msg = str(err.value)
     assert "ratio" in msg and "decoder.selfattn" in msg and "layerwise" in msg
     with pytest.raises(ValueError, match="overlap"):
         prune_unstructured(tiny(), UnstructuredConfig(0.1, ("all", "decoder.ffn")))
+
+
+def test_selectors_use_the_allocation_syntax():
+    from slimwhisper.compress.unstructured import Selector, UnstructuredError
+
+    assert Selector.parse("encoder[-2:].ffn").layer_ids(4) == [2, 3]
+    assert Selector.parse("decoder[0]").layer_ids(4) == [0]
+    assert Selector.parse("all").layer_ids(3) == [0, 1, 2] and Selector.parse("all").component is None
+    assert str(Selector.parse("encoder[-2:].ffn")) == "encoder[-2:].ffn"
+    with pytest.raises(UnstructuredError, match=r"encoder\[-2:\]"):
+        Selector.parse("encoder.last2")  # the old second syntax is gone; the message shows the one kept

@@ -16,11 +16,12 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from slimwhisper.bench.config import BenchError
+from slimwhisper.bench.errors import BenchError
 from slimwhisper.bench.targets import Target, bundle_bytes, folder_bytes
+from slimwhisper.errors import UserError
 
 
-class BackendUnavailable(RuntimeError):
+class BackendUnavailable(UserError, RuntimeError):
     """This backend cannot run here (not installed, no GPU, no weights in its format); says why."""
 
 
@@ -98,9 +99,20 @@ class TranscriberRunner:
     info: dict[str, Any] = field(default_factory=dict)
 
     def transcribe(self, audio: np.ndarray) -> ClipResult:
-        t = self.transcriber.transcribe(audio)
-        tokens = t.tokens if isinstance(t.tokens, int) else len(t.tokens)
-        return ClipResult(t.text.strip(), tokens, float(t.encoder_s), float(t.total_s), int(t.windows))
+        return _clip_result(self.transcriber.transcribe(audio))
+
+    def transcribe_batch(self, audios: list[np.ndarray]) -> list[ClipResult]:
+        """Clips through encoder and decoder together (``bench --batch-size``)."""
+        return [_clip_result(t) for t in self.transcriber.transcribe_batch(audios)]
+
+    def with_decoding(self, decode) -> TranscriberRunner:
+        """The same loaded model/bundle decoding with ``decode`` (a ``DecodeConfig``)."""
+        return TranscriberRunner(self.transcriber.with_config(decode), {**self.info, "decoding": decode.to_dict()})
+
+
+def _clip_result(t) -> ClipResult:
+    tokens = t.tokens if isinstance(t.tokens, int) else len(t.tokens)
+    return ClipResult(t.text.strip(), tokens, float(t.encoder_s), float(t.total_s), int(t.windows))
 
 
 def _torch_runner(target: Target, threads: int, device: str) -> Runner:
@@ -148,6 +160,7 @@ def _sessions(obj: Any, depth: int = 2) -> list[Any]:
 
 def _bundle_runner(target: Target, threads: int, cuda: bool) -> Runner:
     from slimwhisper.runtime import BundleError, BundleTranscriber, DecodeOptions
+    from slimwhisper.runtime.decode import forced_language
     from slimwhisper.transcribe import DecodeConfig
 
     providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if cuda else ["CPUExecutionProvider"]
@@ -156,7 +169,7 @@ def _bundle_runner(target: Target, threads: int, cuda: bool) -> Runner:
     # language would add a step and possible misdetections the other backends do not have.
     multilingual = bool(target.manifest().get("model", {}).get("multilingual"))
     options = DecodeOptions(max_new_tokens=decode.max_new_tokens, task=decode.task,
-                            language=decode.language or ("en" if multilingual else None))
+                            language=forced_language(decode.language, multilingual))
     try:
         tr = BundleTranscriber(target.path, threads=threads, providers=providers, variant=target.variant,
                                options=options)
@@ -220,12 +233,25 @@ class FasterWhisperRunner:
 
         self.model.encode = timed_encode
 
+    def with_decoding(self, decode) -> FasterWhisperRunner:
+        """The same model decoding like ``decode`` (a ``DecodeConfig``): beam, fallback, timestamps."""
+        runner = FasterWhisperRunner(self.model, self.language, {**self.info, "decoding": decode.to_dict()})
+        # __post_init__ wrapped model.encode once more: every runner of this model counts its calls
+        runner.options = {"beam_size": decode.beam, "best_of": decode.best_of, "patience": decode.patience,
+                          "temperature": tuple(decode.to_dict()["temperatures"]),
+                          "condition_on_previous_text": decode.condition_on_previous_text,
+                          "without_timestamps": not decode.timestamps,
+                          "no_speech_threshold": 0.6 if decode.no_speech else None}
+        return runner
+
     def transcribe(self, audio: np.ndarray) -> ClipResult:
         self._enc_s, self._windows = 0.0, 0
         t0 = time.perf_counter()
-        # Greedy, no temperature fallback, no previous-text prompt: the same decoding as ours.
-        segments, _ = self.model.transcribe(audio, language=self.language, beam_size=1, best_of=1, temperature=0.0,
-                                            condition_on_previous_text=False, without_timestamps=True, vad_filter=False)
+        # Default: greedy, no temperature fallback, no previous-text prompt (``with_decoding`` sets ours).
+        options = getattr(self, "options", None) or {
+            "beam_size": 1, "best_of": 1, "temperature": 0.0, "condition_on_previous_text": False,
+            "without_timestamps": True}
+        segments, _ = self.model.transcribe(audio, language=self.language, vad_filter=False, **options)
         segments = list(segments)  # the generator does the work
         total = time.perf_counter() - t0
         text = "".join(s.text for s in segments).strip()
@@ -233,17 +259,25 @@ class FasterWhisperRunner:
 
 
 def _faster_whisper_runner(target: Target, threads: int, compute_type: str) -> Runner:
+    import logging
+
     from faster_whisper import WhisperModel
 
-    from slimwhisper.bench.ct2dirs import ct2_folder_for
+    # faster-whisper logs every transcription (language, VAD, ...) at INFO: ~60 lines that bury
+    # the report in a CLI run; warnings still show.
+    logging.getLogger("faster_whisper").setLevel(logging.WARNING)
 
-    folder = ct2_folder_for(target)
+    from slimwhisper.models.ct2dirs import ct2_folder_for
+
+    folder = ct2_folder_for(target.source, target.path)
     if folder is None:
         raise BackendUnavailable(
             f"not available: faster-whisper needs CTranslate2 weights of the same model; {target.source} has none "
             "(only the bundled names tiny.en/base and CTranslate2 folders do; a pruned model cannot be converted)")
     model = WhisperModel(str(folder), device="cpu", compute_type=compute_type, cpu_threads=threads, num_workers=1)
-    language = None if model.model.is_multilingual is False else "en"
+    from slimwhisper.runtime.decode import forced_language
+
+    language = forced_language(None, model.model.is_multilingual is not False)
     info = {"compute_type": compute_type, "threads": threads, "files": str(folder),
             "files_bytes": folder_bytes(folder), "language": language}
     return FasterWhisperRunner(model, language, info)

@@ -6,10 +6,8 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
-
-
-class BenchError(ValueError):
-    """Bad benchmark input; the message says what to do (the CLI exits 2 with it)."""
+from slimwhisper.bench.errors import BenchError
+from slimwhisper.outputs import OutputError, check_output
 
 
 @dataclass(frozen=True)
@@ -39,6 +37,8 @@ class BenchConfig:
     force: bool = False
     command: str = ""
     labels: tuple[str, ...] = field(default=())
+    batch_size: int = 1  # clips decoded together in the accuracy pass (bench --batch-size)
+    fallback: bool = True  # openai-whisper temperature fallback; WER without it is reported too
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "targets", tuple(str(t) for t in self.targets))
@@ -46,7 +46,7 @@ class BenchConfig:
         object.__setattr__(self, "labels", tuple(self.labels))
         problems = self.problems()
         if problems:
-            raise BenchError("invalid bench config:\n  - " + "\n  - ".join(problems))
+            raise BenchError("invalid bench config", problems)
 
     def problems(self) -> list[str]:
         from slimwhisper.bench.backends import backend_names  # registry lives with the backends
@@ -58,7 +58,7 @@ class BenchConfig:
         for name in self.backends:
             if name not in known:
                 out.append(f"unknown backend {name!r}; choose from {', '.join(known)}")
-        for name in ("threads", "repeat", "flops_context"):
+        for name in ("threads", "repeat", "flops_context", "batch_size"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 out.append(f"--{name.replace('_', '-')} must be a positive integer, got {value!r}")
@@ -70,11 +70,24 @@ class BenchConfig:
             out.append(f"dataset {self.data} does not exist (give a folder with transcripts.tsv or a .tsv file)")
         if not self.out:
             out.append("give --out REPORT_DIR")
-        elif Path(self.out).exists() and not self.force:
-            out.append(f"{self.out} already exists; choose a new --out or pass --force to replace it")
+        else:
+            try:
+                check_output(self.out, "bench-report", force=self.force, inputs=self.inputs())
+            except OutputError as exc:
+                out.append(str(exc))
         if self.labels and len(self.labels) != len(self.targets):
             out.append(f"{len(self.labels)} labels for {len(self.targets)} targets; give one per target or none")
         return out
+
+    def inputs(self) -> list[str]:
+        """Paths this run reads (a model folder, a bundle, the data): --out may never replace them."""
+        return [t.split("@")[0] for t in self.targets] + [self.data]
+
+    def decode(self, fallback: bool | None = None):
+        """The decoding every backend uses: openai-whisper's transcribe defaults, fallback as asked."""
+        from slimwhisper.transcribe import DecodeConfig
+
+        return DecodeConfig.whisper(fallback=self.fallback if fallback is None else fallback)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

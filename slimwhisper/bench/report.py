@@ -63,7 +63,8 @@ def _spread(t: dict | None, scale: float, fmt: str) -> str:
     return f"{t['median'] * scale:{fmt}} [{t['min'] * scale:{fmt}}–{t['max'] * scale:{fmt}}]"
 
 
-COLUMNS = ("entry", "params M", "non-zero M", "disk MB", "enc GFLOP/30 s", "dec MFLOP/tok", "WER %", "CER %",
+COLUMNS = ("entry", "params M", "non-zero M", "disk MB", "enc GFLOP/30 s", "dec MFLOP/tok", "WER %",
+           "WER % no fallback", "CER %",
            "vs ref WER %", "load s", "enc ms/30 s", "dec ms/tok", "s/clip", "RTF", "peak RSS MB (imports)")
 
 
@@ -90,6 +91,7 @@ def _row(e: dict, ref: dict | None) -> list[str]:
         _num(fl.get("encoder_window") and fl["encoder_window"] / 1e9, ".1f") + r(fl.get("encoder_window"), rfl.get("encoder_window")),
         _num(fl.get("decoder_token") and fl["decoder_token"] / 1e6, ".1f") + r(fl.get("decoder_token"), rfl.get("decoder_token")),
         _num(100 * acc["wer"], ".2f") if "wer" in acc else "—",
+        _num(100 * acc["wer_no_fallback"], ".2f") if "wer_no_fallback" in acc else "—",
         _num(100 * acc["cer"], ".2f") if "cer" in acc else "—",
         _num(100 * acc["agreement_wer"], ".2f") if "agreement_wer" in acc else "—",
         _num(e["load_s"], ".2f"),
@@ -115,6 +117,14 @@ def _load_note(m: dict[str, Any]) -> str:
     return note + "."
 
 
+def _decoding_note(config: dict[str, Any]) -> str:
+    fallback = config.get("fallback", False)
+    note = ("openai-whisper defaults (greedy, timestamps, no-speech rule, temperature fallback 0.2-1.0; "
+            "'WER % no fallback' is the same entry at temperature 0 only)" if fallback
+            else "greedy, timestamps, no-speech rule, no temperature fallback")
+    return note + f"; {config.get('batch_size', 1)} clip(s) per batch in the accuracy pass"
+
+
 def markdown(report: dict[str, Any]) -> str:
     entries = report["entries"]
     ok = [e for e in entries if e["status"] == "ok"]
@@ -128,6 +138,7 @@ def markdown(report: dict[str, Any]) -> str:
         + (" (SYNTHETIC speech)" if d["synthetic"] else "") + f"; timing on {d['timing_clips']} clip(s).",
         f"Machine: {m['cpu']}, {m['usable_cores'] or m['logical_cores']} usable cores, **{m['threads']} threads**; "
         + ", ".join(f"{k} {v}" for k, v in m["libraries"].items()) + ".",
+        f"Decoding: {_decoding_note(report['config'])}.",
         f"Command: `{m['command']}`"
         + _load_note(m),
         "",
@@ -142,17 +153,21 @@ def markdown(report: dict[str, Any]) -> str:
               "encoder graph also computes those K/V once per window, so its enc ms includes work that torch and "
               "faster-whisper do inside their first decoder step.", ""]
     lines += [f"- {report['notes']['protocol']}", f"- {report['notes']['flops']}"]
+    inflated = []  # one note for all of them, not one per entry
     for e in entries:
         if e["status"] != "ok":
             lines.append(f"- **{e['id']}**: {e['reason']}")
         wait4, peak = e["memory"].get("wait4_maxrss_mb"), e["memory"].get("peak_rss_mb")
         if wait4 and peak and wait4 > 1.1 * peak:
-            lines.append(f"- **{e['id']}** peak RSS is the child's own VmHWM; os.wait4 read {wait4:.0f} MB because "
-                         "ru_maxrss inherits the parent's RSS across fork")
+            inflated.append(wait4)
         if e["memory"].get("error"):
             lines.append(f"- **{e['id']}** memory: {e['memory']['error']}")
         if e["static"].get("spec_mismatch"):
             lines.append(f"- **{e['id']}**: module parameter counts differ from its spec: {e['static']['spec_mismatch']}")
+    if inflated:
+        lines.append(f"- peak RSS is each child's own VmHWM; os.wait4 read up to {max(inflated):.0f} MB for "
+                     f"{len(inflated)} entr{'y' if len(inflated) == 1 else 'ies'} because ru_maxrss inherits the "
+                     "parent's RSS across fork (kept in report.json as wait4_maxrss_mb)")
     lines.append("")
     return "\n".join(lines)
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -26,6 +25,7 @@ from slimwhisper.bench.backends import (
 )
 from slimwhisper.bench.config import BenchConfig, BenchError
 from slimwhisper.bench.targets import Target, resolve_target
+from slimwhisper.outputs import output_dir
 
 OK, UNAVAILABLE, FAILED = "ok", "not available", "failed"
 
@@ -141,7 +141,7 @@ def load_clips(config: BenchConfig):
 
 def score_entries(entries: list[Entry], clips) -> None:
     """WER/CER against the references, and agreement with the reference (first) entry's text."""
-    from slimwhisper.text import ScoreError, score
+    from slimwhisper.text import WerError, score
 
     ok = [e for e in entries if e.status == OK]
     if not ok:
@@ -154,15 +154,66 @@ def score_entries(entries: list[Entry], clips) -> None:
             s = score([c.text for c in clips], hyps)
             acc.update(wer=s.wer, cer=s.cer, words=s.n_words, substitutions=s.substitutions,
                        deletions=s.deletions, insertions=s.insertions)
-        except ScoreError as exc:
+        except WerError as exc:
             acc["wer_error"] = str(exc)
         try:
             agree = score([r.text for r in ref.results], hyps)
             acc["agreement_wer"] = agree.wer
-        except ScoreError as exc:
+        except WerError as exc:
             acc["agreement_error"] = str(exc)
         acc["same_text"] = sum(a.text == b.text for a, b in zip(ref.results, entry.results, strict=True)) / len(clips)
         entry.accuracy = acc
+
+
+def set_decoding(entries: list[Entry], decode) -> None:
+    """Every runner that can decodes with ``decode`` (the same options for every backend)."""
+    for e in entries:
+        if e.status == OK and hasattr(e.runner, "with_decoding"):
+            e.runner = e.runner.with_decoding(decode)
+
+
+def batched_accuracy_pass(runners: dict[str, Runner], clips, batch_size: int, step=None):
+    """``accuracy_pass``, with ``batch_size`` clips at a time through runners that batch."""
+    from slimwhisper.bench.timing import accuracy_pass
+
+    if batch_size == 1:
+        return accuracy_pass(runners, clips, step)
+    plain = {k: r for k, r in runners.items() if not hasattr(r, "transcribe_batch")}
+    results, failed = accuracy_pass(plain, clips, step) if plain else ({}, {})
+    for name, runner in runners.items():
+        if name in plain:
+            continue
+        try:
+            results[name] = []
+            for i in range(0, len(clips), batch_size):
+                group = clips[i : i + batch_size]
+                results[name] += runner.transcribe_batch([c.audio for c in group])
+                for _ in group:
+                    if step:
+                        step()
+        except Exception as exc:  # noqa: BLE001 - recorded as this entry's failure
+            failed[name] = f"batch at clip {i}: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
+            results.pop(name)
+    return results, failed
+
+
+def score_without_fallback(entries: list[Entry], clips, config: BenchConfig, progress: bool) -> None:
+    """WER with temperature fallback off as well, so a pruned model that loops shows both ways."""
+    from slimwhisper.progress import progress_bar
+    from slimwhisper.text import WerError, score
+
+    ok = {e.id: e for e in entries if e.status == OK and hasattr(e.runner, "with_decoding")}
+    runners = {k: e.runner.with_decoding(config.decode(fallback=False)) for k, e in ok.items()}
+    with progress_bar(len(clips) * len(runners), "accuracy without fallback", enabled=progress) as bar:
+        results, failed = batched_accuracy_pass(runners, clips, config.batch_size, bar.advance)
+    for k, e in ok.items():
+        if k in failed:
+            e.accuracy["no_fallback_error"] = failed[k]
+            continue
+        try:
+            e.accuracy["wer_no_fallback"] = score([c.text for c in clips], [r.text for r in results[k]]).wer
+        except WerError as exc:
+            e.accuracy["no_fallback_error"] = str(exc)
 
 
 def measure_memory(entries: list[Entry], clip, threads: int, say: Callable[[str], None]) -> None:
@@ -190,7 +241,7 @@ def run_bench(config: BenchConfig, *, progress: bool = True, say: Callable[[str]
     """Measure everything ``config`` asks for and write the report folder; returns report.json's dict."""
     from slimwhisper.bench.machine import machine_info
     from slimwhisper.bench.report import build_report, write_report
-    from slimwhisper.bench.timing import accuracy_pass, timing_passes
+    from slimwhisper.bench.timing import timing_passes
     from slimwhisper.progress import progress_bar
 
     machine = machine_info(config.threads, argv)
@@ -201,11 +252,12 @@ def run_bench(config: BenchConfig, *, progress: bool = True, say: Callable[[str]
         # parent's RSS at fork time, so children are spawned while the parent is still small.
         measure_memory(entries, clips[0], config.threads, say)
     open_entries(entries, config.threads, config.flops_context, say)
+    set_decoding(entries, config.decode())
     runners = {e.id: e.runner for e in entries if e.status == OK}
     if runners:  # (re-checked below: an entry may fail on its first clip)
         timed = clips[: config.timing_limit] if config.timing_limit else clips
         with progress_bar(len(clips) * len(runners), "accuracy + warm-up", enabled=progress) as bar:
-            results, failed = accuracy_pass(runners, clips, bar.advance)
+            results, failed = batched_accuracy_pass(runners, clips, config.batch_size, bar.advance)
         for e in entries:
             if e.id in failed:
                 e.mark(FAILED, failed[e.id])
@@ -217,19 +269,12 @@ def run_bench(config: BenchConfig, *, progress: bool = True, say: Callable[[str]
             if e.status == OK:
                 e.results, e.timing = results[e.id], timing[e.id]
         score_entries(entries, clips)
+        if config.fallback:
+            score_without_fallback(entries, clips, config, progress)
     report = build_report(config, machine, dataset, clips, entries, skipped)
-    out = Path(config.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    with output_dir(config.out, "bench-report", force=config.force, inputs=config.inputs()) as tmp:
         write_report(tmp, report, entries, clips)
         config.save(tmp / "bench_config.json")
-        if out.exists():  # config validation refused this unless --force
-            shutil.rmtree(out)
-        shutil.move(str(tmp), out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return report
 
 

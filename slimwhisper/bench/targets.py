@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from slimwhisper.bench.config import BenchError
+from slimwhisper.bench.errors import BenchError
 
 BUNDLE_MANIFEST = "manifest.json"
 

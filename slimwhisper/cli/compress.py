@@ -7,74 +7,20 @@ data) prints one ``error:`` line and exits 2 before anything is written.
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from slimwhisper.cli import app
+from slimwhisper.cli.options import ForceOpt, ModelOpt, QuietOpt, SeedOpt, ThreadsOpt, setup_torch
 
-EXIT_USAGE = 2
-
-ModelOpt = Annotated[str, typer.Option("--model", "-m", help="tiny.en, base, a model folder, ...")]
 CalibNOpt = Annotated[int, typer.Option("--calib-n", help="Calibration utterances (random, --seed).")]
-SeedOpt = Annotated[int, typer.Option(help="Seed for picking calibration utterances.")]
 LabelFreeOpt = Annotated[
     bool | None,
     typer.Option("--label-free/--labels", help="Label calibration audio with the dense model's transcript "
                  "(default: only where there is no reference)."),
 ]  # fmt: skip
-ThreadsOpt = Annotated[int | None, typer.Option(help="CPU threads for torch.")]
-ForceOpt = Annotated[bool, typer.Option("--force", help="Replace an existing output.")]
-QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
-
-
-def _compress_errors() -> tuple[type[BaseException], ...]:
-    from slimwhisper.cli.core import _user_errors
-    from slimwhisper.compress.allocate import AllocError
-    from slimwhisper.compress.calib import CalibError
-    from slimwhisper.compress.groups import GroupError
-    from slimwhisper.compress.plan import PlanError
-    from slimwhisper.compress.prune import PruneError
-    from slimwhisper.compress.recipes import RecipeError
-    from slimwhisper.compress.scores import ScoreError
-    from slimwhisper.compress.sensitivity import SensitivityError
-
-    mine = (AllocError, CalibError, GroupError, PlanError, PruneError, RecipeError, ScoreError, SensitivityError)
-    return (*_user_errors(), *mine, *_slimdir_errors())
-
-
-def _slimdir_errors() -> tuple[type[BaseException], ...]:
-    try:
-        from slimwhisper.models import slimdir
-    except ImportError:
-        return ()
-    return tuple(v for k, v in vars(slimdir).items() if isinstance(v, type) and issubclass(v, Exception) and k.endswith("Error"))
-
-
-@contextmanager
-def user_errors() -> Iterator[None]:
-    """Bad input -> ``error: ...`` on stderr (list items kept on their own lines), exit 2."""
-    try:
-        yield
-    except Exception as exc:
-        if os.environ.get("SLIMWHISPER_DEBUG") or not isinstance(exc, _compress_errors()):
-            raise
-        typer.echo(f"error: {str(exc).strip() or type(exc).__name__}", err=True)
-        raise typer.Exit(EXIT_USAGE) from None
-
-
-def _setup(threads: int | None) -> None:
-    import torch
-
-    from slimwhisper.cli.core import _quiet_libraries
-
-    if threads is not None:
-        torch.set_num_threads(threads)
-    _quiet_libraries()
 
 
 @app.command()
@@ -91,52 +37,52 @@ def sensitivity(
     quiet: QuietOpt = False,
 ) -> None:
     """Per-component sensitivity S_g (gradient/weight norm) and S_h (mean Fisher), arXiv 2511.08092."""
-    with user_errors():
-        from slimwhisper.compress.calib import CalibConfig
-        from slimwhisper.compress.sensitivity import SensitivityConfig, format_table, run_sensitivity
+    from slimwhisper.compress.calib import CalibConfig
+    from slimwhisper.compress.sensitivity import SensitivityConfig, format_table, run_sensitivity
 
-        config = SensitivityConfig(
-            model=model,
-            calib=CalibConfig(str(data), n=calib_n, seed=seed, label_free=label_free),
-            out=None if out is None else str(out),
-            plot=None if plot is None else str(plot),
-            force=force,
-        )
-        _setup(threads)
-        rows = run_sensitivity(config, progress=not quiet)
-        typer.echo(format_table(rows))
-        for path in (out, plot):
-            if path is not None:
-                typer.echo(f"wrote {path}")
+    config = SensitivityConfig(
+        model=model,
+        calib=CalibConfig(str(data), n=calib_n, seed=seed, label_free=label_free),
+        out=None if out is None else str(out),
+        plot=None if plot is None else str(plot),
+        force=force,
+    )
+    setup_torch(threads)
+    rows = run_sensitivity(config, progress=not quiet)
+    typer.echo(format_table(rows))
+    for path in (out, plot):
+        if path is not None:
+            typer.echo(f"wrote {path}")
 
 
-def _alloc_and_score(opts: dict):
-    """AllocConfig + ScoreConfig from --recipe or from the ratio options (not both)."""
-    from slimwhisper.compress.allocate import AllocConfig, AllocError
+def choose_alloc(recipe: str | None, plan: Path | None, score: str | None, options_alloc):
+    """(AllocConfig | None, ScoreConfig, the recipe's ReconstructConfig | None) from exactly one of
+    --recipe, --plan or the ratio options.
+
+    ``options_alloc`` is the AllocConfig the ratio options describe; any field that differs from
+    the default counts as "given", so a recipe or plan combined with ratio options is refused
+    naming the options to drop (typed comparison, no option-name strings carried around).
+    """
+    import dataclasses
+
+    from slimwhisper.compress.allocate import AllocConfig
+    from slimwhisper.compress.prune import PruneError
     from slimwhisper.compress.recipes import get_recipe
     from slimwhisper.compress.scores import ScoreConfig
 
-    ratio_opts = {k: v for k, v in opts.items() if k not in ("score", "channel_pattern", "recipe") and v}
-    if opts["recipe"]:
-        if ratio_opts:
-            raise AllocError(f"--recipe replaces the ratio options; drop {', '.join('--' + k.replace('_', '-') for k in ratio_opts)}")
-        recipe = get_recipe(opts["recipe"])
-        score = ScoreConfig(opts["score"]) if opts["score"] else recipe.score
-        return recipe.alloc, score
-    alloc = AllocConfig(
-        threshold=opts["threshold"] or "local",
-        heads=opts["heads"],
-        ffn=opts["ffn"],
-        qk=opts["qk"],
-        vo=opts["vo"],
-        components=tuple(opts["component"] or ()),
-        drop_encoder_layers=opts["drop_encoder_layers"],
-        drop_decoder_layers=opts["drop_decoder_layers"],
-        target_params=opts["target_params"],
-        target_flops=opts["target_flops"],
-        channel_pattern=opts["channel_pattern"],
-    )
-    return alloc, ScoreConfig(opts["score"] or "fisher")
+    default = AllocConfig()
+    given = [f"--{f.name.replace('_', '-')}" for f in dataclasses.fields(AllocConfig)
+             if getattr(options_alloc, f.name) != getattr(default, f.name)]  # fmt: skip
+    if recipe is not None and plan is not None:
+        raise PruneError("give --recipe or --plan, not both")
+    if (recipe is not None or plan is not None) and given:
+        raise PruneError(f"{'--recipe' if recipe else '--plan'} replaces the ratio options; drop {', '.join(given)}")
+    if plan is not None:
+        return None, ScoreConfig(score or "magnitude"), None
+    if recipe is not None:
+        chosen = get_recipe(recipe)
+        return chosen.alloc, ScoreConfig(score) if score else chosen.score, chosen.reconstruct
+    return options_alloc, ScoreConfig(score or "fisher"), None
 
 
 def print_params(before: dict[str, int], after: dict[str, int]) -> None:
@@ -156,10 +102,18 @@ def prune(
     model: ModelOpt,
     out: Annotated[Path, typer.Option(help="Folder for the pruned model (must not exist unless --force).")],
     calib: Annotated[Path | None, typer.Option(help="Calibration audio (.tsv or folder) for gradient scores.")] = None,
-    score: Annotated[str | None, typer.Option(help="fisher | taylor | magnitude (default fisher, or the recipe's).")] = None,
+    score: Annotated[str | None, typer.Option(help="A registered importance score: gradient (fisher, taylor), "
+                     "activation-aware from calibration Grams (obs, flap, wanda) or magnitude; default fisher, "
+                     "or the recipe's. An unknown name lists them all.")] = None,
     threshold: Annotated[
-        str | None, typer.Option(help="global: one ranking across layers; local (default): same ratio per block.")
+        str | None, typer.Option(help="local (default): same ratio per block; global: one ranking across layers; "
+                                      "sensitivity: per-block ratios from measured loss curves (with --target-params/-flops).")
     ] = None,
+    reconstruct: Annotated[str | None, typer.Option(help="Re-fit what consumes removed structures: none | bias (FLAP) | "
+                                                         "lstsq (least squares to the dense output); default none, or the recipe's.")] = None,
+    damp: Annotated[float, typer.Option(help="Re-fit damping: lambda = DAMP x mean diag of the Gram.")] = 0.01,
+    sequential: Annotated[bool, typer.Option("--sequential/--dense-stats", help="Re-fit block by block on the "
+                                             "already-pruned model's inputs (default), or on the dense model's Grams.")] = True,
     heads: Annotated[float, typer.Option(help="Fraction of attention heads to remove.")] = 0.0,
     ffn: Annotated[float, typer.Option(help="Fraction of FFN neurons to remove.")] = 0.0,
     qk: Annotated[float, typer.Option(help="Fraction of Q/K channels to remove.")] = 0.0,
@@ -184,39 +138,39 @@ def prune(
     quiet: QuietOpt = False,
 ) -> None:
     """Remove heads / channels / neurons / layers and save a smaller model that reloads with --model OUT."""
-    with user_errors():
-        from slimwhisper.compress.calib import CalibConfig
-        from slimwhisper.compress.prune import PruneConfig, PruneError
-        from slimwhisper.compress.prune import prune as run_prune
-        from slimwhisper.compress.scores import ScoreConfig
+    from slimwhisper.compress.calib import CalibConfig
+    from slimwhisper.compress.prune import PruneConfig
+    from slimwhisper.compress.prune import prune as run_prune
+    from slimwhisper.compress.allocate import AllocConfig
 
-        opts = {
-            "recipe": recipe, "score": score, "threshold": threshold, "heads": heads, "ffn": ffn, "qk": qk, "vo": vo,
-            "component": component, "drop_encoder_layers": drop_encoder_layers,
-            "drop_decoder_layers": drop_decoder_layers, "target_params": target_params,
-            "target_flops": target_flops, "channel_pattern": channel_pattern,
-        }  # fmt: skip
-        if plan is not None:
-            if any(v for k, v in opts.items() if k not in ("score", "threshold", "channel_pattern")):
-                raise PruneError("--plan lists the groups to remove; drop the ratio / --recipe options")
-            alloc, score_cfg = None, ScoreConfig(score or "magnitude")
-        else:
-            alloc, score_cfg = _alloc_and_score(opts)
-        config = PruneConfig(
-            model=model,
-            out=str(out),
-            score=score_cfg,
-            alloc=alloc,
-            plan=None if plan is None else str(plan),
-            calib=None if calib is None else CalibConfig(str(calib), n=calib_n, seed=seed, label_free=label_free),
-            force=force,
-            eval_data=None if eval_data is None else str(eval_data),
-            eval_limit=eval_limit,
-            recipe=recipe,
-        )
-        _setup(threads)
-        result = run_prune(config, progress=not quiet)
-        typer.echo(f"removed {len(result.plan.remove)} groups from {result.loaded.name}; saved to {result.out}")
-        print_params(result.params_before, result.params_after)
-        if result.wer_before is not None:
-            typer.echo(f"WER before {100 * result.wer_before:.2f}%  after {100 * result.wer_after:.2f}%  ({eval_data})")
+    options_alloc = AllocConfig(
+        threshold=threshold or "local", heads=heads, ffn=ffn, qk=qk, vo=vo, components=tuple(component or ()),
+        drop_encoder_layers=drop_encoder_layers, drop_decoder_layers=drop_decoder_layers,
+        target_params=target_params, target_flops=target_flops, channel_pattern=channel_pattern,
+    )  # fmt: skip
+    alloc, score_cfg, recipe_reconstruct = choose_alloc(recipe, plan, score, options_alloc)
+    if reconstruct is not None or recipe_reconstruct is None:
+        from slimwhisper.compress.reconstruct import ReconstructConfig
+
+        rec = ReconstructConfig(method=reconstruct or "none", damp=damp, sequential=sequential)
+    else:
+        rec = recipe_reconstruct
+    config = PruneConfig(
+        model=model,
+        out=str(out),
+        score=score_cfg,
+        alloc=alloc,
+        plan=None if plan is None else str(plan),
+        calib=None if calib is None else CalibConfig(str(calib), n=calib_n, seed=seed, label_free=label_free),
+        force=force,
+        eval_data=None if eval_data is None else str(eval_data),
+        eval_limit=eval_limit,
+        recipe=recipe,
+        reconstruct=rec,
+    )
+    setup_torch(threads)
+    result = run_prune(config, progress=not quiet)
+    typer.echo(f"removed {len(result.plan.remove)} groups from {result.loaded.name}; saved to {result.out}")
+    print_params(result.params_before, result.params_after)
+    if result.wer_before is not None:
+        typer.echo(f"WER before {100 * result.wer_before:.2f}%  after {100 * result.wer_after:.2f}%  ({eval_data})")

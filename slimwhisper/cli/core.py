@@ -7,84 +7,30 @@ missing file, bad option) print one ``error:`` line on stderr and exit with code
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from slimwhisper.cli import app
+from slimwhisper.cli.options import BundleOpt, QuietOpt, ThreadsOpt, quiet_libraries
+from slimwhisper.cli.options import MaybeModelOpt as ModelOpt
 
-EXIT_USAGE = 2
-
-ModelOpt = Annotated[str | None, typer.Option("--model", "-m", help="tiny.en, base, a model folder, ...")]
-BundleOpt = Annotated[Path | None, typer.Option("--bundle", help="Exported ONNX bundle folder (instead of --model).")]
 LanguageOpt = Annotated[str | None, typer.Option(help="Language code for multilingual models (default: en).")]
-BeamOpt = Annotated[int, typer.Option(help="Beam size; 1 = greedy.")]
-ThreadsOpt = Annotated[int | None, typer.Option(help="CPU threads for torch / onnxruntime.")]
+BeamOpt = Annotated[int, typer.Option(min=1, help="Beam size (1 = greedy; 5 = faster-whisper's default), patience 1.")]
+FallbackOpt = Annotated[bool, typer.Option("--fallback/--no-fallback", help="openai-whisper's temperature "
+                        "fallback (0.2 ... 1.0 when a window loops or is unlikely); the no-speech rule stays on.")]
+TimestampsOpt = Annotated[bool, typer.Option("--timestamps/--no-timestamps", help="Timestamp tokens and "
+                          "timestamp-based seeking (openai-whisper's long-form loop).")]
+BatchOpt = Annotated[int, typer.Option("--batch-size", min=1, help="Clips (<= 30 s each) decoded together.")]
+FORMATS = ("text", "json", "srt", "vtt")
 
 
-def _user_errors() -> tuple[type[BaseException], ...]:
-    """Error types that mean bad input, not a bug (imported here: they live in heavy modules)."""
-    from slimwhisper.audio import AudioError
-    from slimwhisper.data import DataError
-    from slimwhisper.evaluate import EvalError
-    from slimwhisper.models.api import ModelLoadError
-    from slimwhisper.spec import SpecError
-    from slimwhisper.synth import SynthError
-    from slimwhisper.text import ScoreError
-    from slimwhisper.transcribe import DecodeError
-
-    found: list[type[BaseException]] = [
-        AudioError, DataError, EvalError, ModelLoadError, SpecError, ScoreError, DecodeError, SynthError,
-        FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError,
-    ]
-    runtime_error = _optional_error("slimwhisper.runtime", "BundleError")
-    if runtime_error is not None:
-        found.append(runtime_error)
-    return tuple(found)
-
-
-def _optional_error(module: str, name: str) -> type[BaseException] | None:
-    import importlib
-
-    try:
-        return getattr(importlib.import_module(module), name, None)
-    except ImportError:
-        return None
-
-
-@contextmanager
-def user_errors() -> Iterator[None]:
-    """Turn bad-input exceptions into one stderr line and exit code 2."""
-    try:
-        yield
-    except Exception as exc:
-        if os.environ.get("SLIMWHISPER_DEBUG") or not isinstance(exc, _user_errors()):
-            raise
-        # One line, whatever the library wrote (some messages list choices on extra lines).
-        message = " ".join(str(exc).split()) or type(exc).__name__
-        typer.echo(f"error: {message}", err=True)
-        raise typer.Exit(EXIT_USAGE) from None
-
-
-def _quiet_libraries() -> None:
-    # transformers warns per generate() call about settings its own Whisper code passes; in a
-    # CLI run those lines bury the results. Library users keep their own logging setup.
-    try:
-        from transformers.utils import logging as hf_logging
-    except ImportError:
-        return
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()  # "Loading weights" bars: our own bar is the one that matters
-
-
-def _decode(language: str | None, beam: int):
+def _decode(language: str | None, beam: int, fallback: bool = True, timestamps: bool = True):
+    """The CLI's decoding: openai-whisper's transcribe defaults (``DecodeConfig.whisper``)."""
     from slimwhisper.transcribe import DecodeConfig
 
-    return DecodeConfig(beam=beam, language=language)
+    return DecodeConfig.whisper(beam=beam, language=language, fallback=fallback, timestamps=timestamps)
 
 
 def _backend(model: str | None, bundle: Path | None) -> tuple[str, str]:
@@ -95,18 +41,6 @@ def _backend(model: str | None, bundle: Path | None) -> tuple[str, str]:
     return ("torch", model) if model is not None else ("bundle", str(bundle))
 
 
-def _check_out_file(path: Path | None) -> None:
-    """Fail before any work when the result file cannot be written."""
-    from slimwhisper.evaluate import EvalError
-
-    if path is None:
-        return
-    if path.is_dir():
-        raise EvalError(f"--json {path} is a folder; give a file name such as {path / 'eval.json'}")
-    if not path.parent.is_dir():
-        raise EvalError(f"--json {path}: folder {path.parent} does not exist (create it first)")
-
-
 @app.command()
 def transcribe(
     audio: Annotated[list[Path], typer.Argument(help="Audio files (any rate/channels libsndfile reads).")],
@@ -114,25 +48,65 @@ def transcribe(
     bundle: BundleOpt = None,
     language: LanguageOpt = None,
     beam: BeamOpt = 1,
+    fallback: FallbackOpt = True,
+    timestamps: TimestampsOpt = True,
+    fmt: Annotated[str, typer.Option("--format", help="text, json (segments with start/end), srt or vtt.")] = "text",
+    out: Annotated[Path | None, typer.Option("--out", help="Write here instead of stdout (one input file only).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing --out file.")] = False,
     threads: ThreadsOpt = None,
 ) -> None:
-    """Print the transcript of each AUDIO file (prefixed by its name when there are several)."""
-    with user_errors():
-        from slimwhisper.audio import read_audio
-        from slimwhisper.transcribe import make_transcriber
+    """Print the transcript of each AUDIO file (prefixed by its name in text format when there are
+    several); any length: long files are read window by window."""
+    from slimwhisper.audio import AudioError
+    from slimwhisper.errors import raise_problems
+    from slimwhisper.outputs import check_output_file, write_file
+    from slimwhisper.runtime.subtitles import FormatError, render
+    from slimwhisper.transcribe import make_transcriber
 
-        missing = [str(p) for p in audio if not p.is_file()]
-        if missing:
-            raise FileNotFoundError(f"no such audio file: {', '.join(missing)}")
-        kind, source = _backend(model, bundle)
-        _quiet_libraries()
-        transcriber = make_transcriber(kind, source, _decode(language, beam), threads)
-        for path in audio:
-            samples, info = read_audio(path)
-            if info.converted:
-                typer.echo(f"note: {path}: converting {info.describe()}", err=True)
-            text = transcriber.transcribe(samples).text
-            typer.echo(f"{path}: {text}" if len(audio) > 1 else text)
+    folders = [str(p) for p in audio if p.is_dir()]
+    missing = [str(p) for p in audio if not p.exists()]
+    problems = [f"{f} is a folder; give audio files (or use 'slimwhisper eval --data {f}')" for f in folders]
+    problems += [f"no such audio file: {m}" for m in missing]
+    if len(problems) == 1:
+        raise AudioError(problems[0])
+    raise_problems(AudioError, "cannot read the audio", problems)
+    if fmt not in FORMATS:
+        raise FormatError(f"unknown --format {fmt!r}; choose from {', '.join(FORMATS)}")
+    if out is not None:
+        if len(audio) > 1:
+            raise FormatError("--out takes one input file; give one AUDIO or print to stdout")
+        check_output_file(out, force=force, option="--out", inputs=audio)
+    kind, source = _backend(model, bundle)
+    decode = _decode(language, beam, fallback, timestamps)
+    quiet_libraries()
+    transcriber = make_transcriber(kind, source, decode, threads)
+    for path in audio:
+        result = _transcribe_file(transcriber, path)
+        meta = {"file": str(path), "model": transcriber.name, "decoding": decode.to_dict(),
+                "windows": result.windows, **{k: v for k, v in result.extra.items() if k != "decoding"}}
+        text = render(fmt, result.segments, meta)
+        if out is not None:
+            write_file(out, text)
+            typer.echo(f"wrote {out}", err=True)
+        elif fmt == "text":
+            typer.echo(f"{path}: {text.strip()}" if len(audio) > 1 else text.strip())
+        else:
+            typer.echo(text, nl=False)
+
+
+def _transcribe_file(transcriber, path: Path):
+    """Stream a 16 kHz mono file window by window (memory stays flat); convert anything else."""
+    from slimwhisper.audio import read_audio
+    from slimwhisper.audio_stream import open_stream
+
+    stream = open_stream(path)
+    if stream is not None and hasattr(transcriber, "transcribe_source"):
+        with stream:
+            return transcriber.transcribe_source(stream, where=str(path))
+    samples, info = read_audio(path)
+    if info.converted:
+        typer.echo(f"note: {path}: converting {info.describe()}", err=True)
+    return transcriber.transcribe(samples)
 
 
 @app.command("eval")
@@ -144,29 +118,34 @@ def eval_command(
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the full result here (atomically).")] = None,
     language: LanguageOpt = None,
     beam: BeamOpt = 1,
+    fallback: FallbackOpt = True,
+    timestamps: TimestampsOpt = True,
+    batch_size: BatchOpt = 1,
     skip_bad: Annotated[bool, typer.Option("--skip-bad", help="Skip unreadable items and count them.")] = False,
     threads: ThreadsOpt = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing --json file.")] = False,
+    quiet: QuietOpt = False,
 ) -> None:
     """Transcribe a labelled dataset and print corpus WER and CER (Whisper-normalised)."""
-    with user_errors():
-        from slimwhisper.evaluate import EvalConfig, run_eval, write_json_atomic
+    from slimwhisper.evaluate import EvalConfig, run_eval
+    from slimwhisper.outputs import check_output_file, write_json
 
-        _check_out_file(json_out)
-        config = EvalConfig(
-            data=data, model=model, bundle=bundle, limit=limit, skip_bad=skip_bad,
-            decode=_decode(language, beam), threads=threads,
-        )
-        _quiet_libraries()
-        result = run_eval(config, progress=not quiet)
-        typer.echo(result.summary())
-        typer.echo(f"WER {result.wer:.4f}")
-        typer.echo(f"CER {result.cer:.4f}")
-        if result.skipped:
-            typer.echo(f"skipped {result.skipped} bad item(s); first: {result.skipped_reasons[0]}", err=True)
-        if json_out is not None:
-            write_json_atomic(result.to_json(), json_out)
-            typer.echo(f"wrote {json_out}", err=True)
+    if json_out is not None:
+        check_output_file(json_out, force=force, option="--json", inputs=[data])
+    config = EvalConfig(
+        data=data, model=model, bundle=bundle, limit=limit, skip_bad=skip_bad,
+        decode=_decode(language, beam, fallback, timestamps), threads=threads, batch_size=batch_size,
+    )
+    quiet_libraries()
+    result = run_eval(config, progress=not quiet)
+    typer.echo(result.summary())
+    typer.echo(f"WER {result.wer:.4f}")
+    typer.echo(f"CER {result.cer:.4f}")
+    if result.skipped:
+        typer.echo(f"skipped {result.skipped} bad item(s); first: {result.skipped_reasons[0]}", err=True)
+    if json_out is not None:
+        write_json(json_out, result.to_json())
+        typer.echo(f"wrote {json_out}", err=True)
 
 
 @app.command("synth-data")
@@ -175,9 +154,8 @@ def synth_data(
     force: Annotated[bool, typer.Option(help="Re-make an existing synthetic set at OUT.")] = False,
 ) -> None:
     """Write a small SYNTHETIC English test set (piper TTS, offline) as a transcripts.tsv folder."""
-    with user_errors():
-        from slimwhisper.synth import make_synthetic_dataset
+    from slimwhisper.synth import make_synthetic_dataset
 
-        folder = make_synthetic_dataset(out, force=force)
-        typer.echo(str(folder))
+    folder = make_synthetic_dataset(out, force=force)
+    typer.echo(str(folder))
 

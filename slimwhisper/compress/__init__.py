@@ -10,14 +10,21 @@ from slimwhisper.compress.calib import CalibConfig, CalibError, CalibExample, ex
 from slimwhisper.compress.groups import Group, GroupSpace, ParamSlice, enumerate_groups
 from slimwhisper.compress.plan import PlanError, PrunePlan, PruneRecord
 from slimwhisper.compress.prune import PruneConfig, PruneError, PruneResult, prune
+from slimwhisper.compress.reconstruct import RECONSTRUCTORS, ReconstructConfig, ReconstructError
 from slimwhisper.compress.recipes import RECIPES, Recipe, get_recipe, register_recipe
+# Importing the package registers every score: gradient scores in ``scores``, Gram scores
+# (obs, flap, wanda) in ``gramscores`` (a submodule import always runs this file first).
+from slimwhisper.compress import gramscores  # noqa: F401
 from slimwhisper.compress.scores import SCORES, Normalize, ScoreConfig, ScoreError, register_score, score_groups
 from slimwhisper.compress.sensitivity import SensitivityConfig, SensitivityRow, run_sensitivity, sensitivity_table
+from slimwhisper.compress.sensconfig import SensAllocConfig
+from slimwhisper.compress.stats import StatsConfig
 from slimwhisper.compress.surgery import apply_plan
 
 __all__ = [
     "SCORES",
     "RECIPES",
+    "RECONSTRUCTORS",
     "AllocConfig",
     "AllocError",
     "Allocation",
@@ -35,6 +42,10 @@ __all__ = [
     "PrunePlan",
     "PruneResult",
     "Recipe",
+    "ReconstructConfig",
+    "ReconstructError",
+    "SensAllocConfig",
+    "StatsConfig",
     "ScoreConfig",
     "ScoreError",
     "SensitivityConfig",

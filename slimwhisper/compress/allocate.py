@@ -38,7 +38,9 @@ import torch
 
 from slimwhisper.compress.groups import Group, GroupSpace
 from slimwhisper.compress.plan import PrunePlan
+from slimwhisper.compress.sensconfig import SensAllocConfig
 from slimwhisper.spec import ArchSpec
+from slimwhisper.errors import UserError
 
 FLOP_TOKENS = 64
 RATIO_KINDS = {"heads": "head", "ffn": "neuron", "qk": "qk", "vo": "vo"}
@@ -49,13 +51,14 @@ _SELECTOR = re.compile(
 )
 
 
-class AllocError(ValueError):
+class AllocError(UserError, ValueError):
     """Bad allocation options; the message lists every problem and what is valid."""
 
 
 class Threshold(str, Enum):
     GLOBAL = "global"
     LOCAL = "local"
+    SENSITIVITY = "sensitivity"  # budget spread by measured loss curves (``sensalloc.py``)
 
 
 @dataclass(frozen=True)
@@ -113,13 +116,16 @@ class AllocConfig:
     target_flops: float | None = None
     budget_kinds: tuple[str, ...] = ("head", "neuron")
     channel_pattern: str = "shared"
+    sensitivity: SensAllocConfig = dataclasses.field(default_factory=SensAllocConfig)  # threshold "sensitivity" only
 
     def __post_init__(self) -> None:
         problems = []
         try:
             object.__setattr__(self, "threshold", Threshold(self.threshold))
         except ValueError:
-            problems.append(f"threshold must be 'global' or 'local', got {self.threshold!r}")
+            problems.append(f"threshold must be 'global', 'local' or 'sensitivity', got {self.threshold!r}")
+        if self.threshold == Threshold.SENSITIVITY:
+            problems += self._sensitivity_problems()
         comps = []
         for item in self.components:
             if isinstance(item, str):
@@ -155,7 +161,21 @@ class AllocConfig:
         if self.channel_pattern not in ("shared", "per_head"):
             problems.append(f"channel_pattern must be 'shared' or 'per_head', got {self.channel_pattern!r}")
         if problems:
-            raise AllocError("invalid allocation:\n  - " + "\n  - ".join(problems))
+            raise AllocError("invalid allocation", problems)
+
+    def _sensitivity_problems(self) -> list[str]:
+        out = []
+        if not isinstance(self.sensitivity, SensAllocConfig):
+            out.append("sensitivity must be a SensAllocConfig")
+        if self.target_params is None and self.target_flops is None:
+            out.append("threshold 'sensitivity' spreads a budget: give --target-params or --target-flops")
+        fixed = [f"--{n}" for n in RATIO_KINDS if getattr(self, n)] + [f"component {s}" for s, _ in self.components]
+        fixed += [n for n in ("drop_encoder_layers", "drop_decoder_layers") if getattr(self, n)]
+        if fixed:
+            out.append(f"threshold 'sensitivity' chooses every ratio itself; drop {', '.join(fixed)}")
+        if "qk" in self.budget_kinds:
+            out.append("threshold 'sensitivity' allocates heads, vo channels and FFN neurons, not qk channels")
+        return out
 
     @property
     def has_budget(self) -> bool:
@@ -182,6 +202,7 @@ class AllocConfig:
         d = dataclasses.asdict(self)
         d["threshold"] = self.threshold.value
         d["components"] = [f"{s}={r}" for s, r in self.components]
+        d["sensitivity"] = self.sensitivity.to_dict() if self.threshold == Threshold.SENSITIVITY else None
         return d
 
 
@@ -276,6 +297,7 @@ class Allocation:
     removed: float  # parameters (or FLOPs, with target_flops) the plan removes, by unit costs
     total: float  # what a budget fraction is a fraction of
     metric: str  # "params" or "flops"
+    details: dict | None = None  # sensitivity allocation: per block kind / ratio / predicted loss
 
     @property
     def fraction(self) -> float:
@@ -368,6 +390,9 @@ def allocate(groups: list[Group], scores: torch.Tensor, config: AllocConfig, spe
     """Choose the groups to remove (see the module docstring for the steps and guards)."""
     if len(groups) != len(scores):
         raise AllocError(f"{len(groups)} groups but {len(scores)} scores")
+    if config.threshold is Threshold.SENSITIVITY:
+        raise AllocError("threshold 'sensitivity' needs calibration statistics: run it through prune() "
+                         "(or sensalloc.allocate_sensitivity)")  # fmt: skip
     units = _units(groups, scores)
     flops = config.target_flops is not None
     if flops:
@@ -387,7 +412,7 @@ def allocate(groups: list[Group], scores: torch.Tensor, config: AllocConfig, spe
                 state.take(key, _count(ratio, len(units[key])))
                 state.assigned.add(key)
     if problems:
-        raise AllocError("invalid component ratios:\n  - " + "\n  - ".join(problems))
+        raise AllocError("invalid component ratios", problems)
     for name, kind in RATIO_KINDS.items():
         ratio = getattr(config, name)
         keys = [k for k in units if k[1] == kind and state.live(k) and k not in state.assigned]

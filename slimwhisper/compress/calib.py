@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
+from slimwhisper.errors import UserError
 
 if TYPE_CHECKING:
     from slimwhisper.models.api import LoadedModel
@@ -30,7 +31,7 @@ SAMPLE_RATE = 16_000
 MAX_NEW_TOKENS = 200  # Whisper's text context is 448; a 30 s window rarely needs more than ~200
 
 
-class CalibError(ValueError):
+class CalibError(UserError, ValueError):
     """Calibration data is unusable; the message says what to fix."""
 
 
@@ -59,7 +60,7 @@ class CalibConfig:
         if self.label_free not in (None, True, False):
             problems.append(f"calib.label_free must be true, false or null, got {self.label_free!r}")
         if problems:
-            raise CalibError("invalid calibration config:\n  - " + "\n  - ".join(problems))
+            raise CalibError("invalid calibration config", problems)
 
 
 @dataclass

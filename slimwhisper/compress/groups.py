@@ -26,6 +26,7 @@ from typing import Literal, get_args
 
 import torch
 from torch import nn
+from slimwhisper.errors import UserError
 
 Side = Literal["encoder", "decoder"]
 Component = Literal["self_attn", "cross_attn", "ffn", "layer"]
@@ -47,7 +48,7 @@ KINDS_OF: dict[str, tuple[str, ...]] = {
 ATTN_ATTR = {"self_attn": "self_attn", "cross_attn": "encoder_attn"}
 
 
-class GroupError(ValueError):
+class GroupError(UserError, ValueError):
     """A group name or group space is invalid; the message lists every problem and what is valid."""
 
 
@@ -103,7 +104,7 @@ class GroupSpace:
             if comp not in valid and comp not in COMPONENTS:
                 problems.append(f"unknown component {comp!r}; use one of {', '.join(sorted(valid))} (or no side)")
         if problems:
-            raise GroupError("invalid group space:\n  - " + "\n  - ".join(problems))
+            raise GroupError("invalid group space", problems)
 
     def wants(self, side: str, component: str) -> bool:
         if self.components is None:

@@ -16,17 +16,20 @@ from typing import Any
 
 from slimwhisper.compress.groups import ATTN_ATTR, attn_dims, layers_of, name_problem, parse_name, valid_names
 from slimwhisper.spec import ArchSpec
+from slimwhisper.errors import UserError
 
 RECORD_VERSION = 1
 
 
-class PlanError(ValueError):
+class PlanError(UserError, ValueError):
     """A plan cannot be applied; ``problems`` lists every reason and the message says what is valid."""
 
     def __init__(self, problems: list[str], hint: str = ""):
-        self.problems = list(problems)
-        text = "cannot apply pruning plan:\n  - " + "\n  - ".join(self.problems)
-        super().__init__(text + (f"\n{hint}" if hint else ""))
+        self.hint = hint
+        super().__init__("cannot apply pruning plan", problems)
+
+    def __str__(self) -> str:
+        return super().__str__() + (f"\n{self.hint}" if self.hint else "")
 
 
 @dataclass(frozen=True)

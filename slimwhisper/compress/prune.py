@@ -1,5 +1,9 @@
-"""One-shot structured pruning: load -> calibrate -> score -> allocate (or read a plan) -> remove
--> save, with parameters (and optionally WER) before and after.
+"""One-shot structured pruning: load -> calibrate -> score -> allocate (or read a plan) ->
+[re-fit] -> remove -> save, with parameters (and optionally WER) before and after.
+
+Calibration statistics are computed only when something asks for them: gradient scores
+(``fisher``/``taylor``), Gram scores (``obs``/``flap``/``wanda``), the ``sensitivity`` threshold
+and reconstruction (``ReconstructConfig.method`` ``bias``/``lstsq``, see ``reconstruct.py``).
 
 ``PruneConfig`` holds everything (it is saved as JSON beside the pruned weights); ``prune(config)``
 runs it. The pruned weights are smaller tensors, not masks (``surgery.apply_plan``), saved with
@@ -18,13 +22,16 @@ from slimwhisper.compress.allocate import AllocConfig, Allocation, allocate
 from slimwhisper.compress.calib import CalibConfig, prepare
 from slimwhisper.compress.groups import enumerate_groups
 from slimwhisper.compress.plan import PrunePlan, PruneRecord
+from slimwhisper.compress.reconstruct import ReconstructConfig
 from slimwhisper.compress.scores import ScoreConfig, score_groups
+from slimwhisper.compress.stats import StatsConfig
+from slimwhisper.errors import UserError
 
 if TYPE_CHECKING:
     from slimwhisper.models.api import LoadedModel
 
 
-class PruneError(ValueError):
+class PruneError(UserError, ValueError):
     """The pruning job cannot run as configured; the message lists every problem."""
 
 
@@ -40,6 +47,8 @@ class PruneConfig:
     eval_data: str | None = None
     eval_limit: int | None = None
     recipe: str | None = None  # name of the recipe alloc/score came from (for the record)
+    reconstruct: ReconstructConfig = field(default_factory=ReconstructConfig)
+    stats: StatsConfig = field(default_factory=StatsConfig)
 
     def __post_init__(self) -> None:
         problems = []
@@ -53,14 +62,18 @@ class PruneConfig:
             problems.append("give exactly one of an allocation (ratios / --recipe / --target-params) or --plan FILE")
         if self.plan is not None and not Path(self.plan).is_file():
             problems.append(f"plan file {self.plan} does not exist")
-        if self.alloc is not None and self.score.needs_grads and self.calib is None:
+        if self.alloc is not None and self.score.needs_calib and self.calib is None:
             problems.append(f"score {self.score.name!r} needs calibration audio: pass --calib DATA (or --score magnitude)")
+        if self.reconstruct.active and self.calib is None:
+            problems.append(f"--reconstruct {self.reconstruct.method} needs calibration audio: pass --calib DATA")
+        if self.alloc is not None and self.alloc.threshold.value == "sensitivity" and self.calib is None:
+            problems.append("threshold 'sensitivity' measures calibration loss: pass --calib DATA")
         if self.eval_data is not None and not Path(self.eval_data).exists():
             problems.append(f"eval data {self.eval_data} does not exist")
         if self.eval_limit is not None and (not isinstance(self.eval_limit, int) or self.eval_limit < 1):
             problems.append(f"eval_limit must be an int >= 1, got {self.eval_limit!r}")
         if problems:
-            raise PruneError("invalid prune config:\n  - " + "\n  - ".join(problems))
+            raise PruneError("invalid prune config", problems)
 
     def to_dict(self) -> dict:
         return {
@@ -73,7 +86,21 @@ class PruneConfig:
             "eval_data": self.eval_data,
             "eval_limit": self.eval_limit,
             "recipe": self.recipe,
+            "reconstruct": self.reconstruct.to_dict(),
+            "stats": self.stats.to_dict(),
         }
+
+    @property
+    def needs_examples(self) -> bool:
+        return self.calib is not None and (
+            self.reconstruct.active or (self.alloc is not None and (self.score.needs_calib or self.alloc.threshold.value == "sensitivity"))
+        )
+
+    @property
+    def needs_grams(self) -> bool:
+        """Dense-model Grams: Gram scores, the sensitivity threshold, non-sequential re-fits."""
+        alloc = self.alloc is not None and (self.score.needs_grams or self.alloc.threshold.value == "sensitivity")
+        return alloc or (self.reconstruct.active and not self.reconstruct.sequential)
 
 
 @dataclass
@@ -88,6 +115,7 @@ class PruneResult:
     wer_before: float | None = None
     wer_after: float | None = None
     seconds: dict[str, float] = field(default_factory=dict)
+    reconstruction: dict | None = None
 
     def summary_rows(self) -> list[tuple[str, int, int]]:
         keys = list(self.params_before)
@@ -104,12 +132,50 @@ class PruneResult:
             "wer_after": self.wer_after,
             "allocation": None
             if self.allocation is None
-            else {"metric": self.allocation.metric, "fraction": self.allocation.fraction, "counts": {k: list(v) for k, v in self.allocation.counts.items()}},
+            else allocation_dict(self.allocation),
+            "reconstruction": self.reconstruction,
             "seconds": self.seconds,
         }
 
 
-def choose_plan(loaded: LoadedModel, config: PruneConfig, progress: bool = True) -> tuple[PrunePlan, Allocation | None]:
+def allocation_dict(a: Allocation) -> dict:
+    return {"metric": a.metric, "fraction": a.fraction, "counts": {k: list(v) for k, v in a.counts.items()}, "blocks": a.details}
+
+
+@dataclass
+class Calibration:
+    """What calibration produced for one job (examples, dense Grams), shared by its steps."""
+
+    examples: list | None = None
+    grams: object | None = None  # stats.DenseStats
+    holdout: list | None = None  # sensitivity threshold: utterances its KL is measured on, not in the Grams
+    seconds: float = 0.0
+
+
+def calibrate(loaded: LoadedModel, config: PruneConfig, progress: bool = True, log=print) -> Calibration:
+    """Examples (dense pseudo-labels where needed) and dense Grams, only when the job needs them."""
+    from slimwhisper.compress.stats import dense_stats
+
+    t0 = time.perf_counter()
+    cal = Calibration()
+    if config.needs_examples:
+        cal.examples = prepare(loaded, config.calib)
+        log(f"calibration: {len(cal.examples)} utterances labelled in {time.perf_counter() - t0:.1f} s")
+    fit = cal.examples
+    if cal.examples is not None and config.alloc is not None and config.alloc.threshold.value == "sensitivity":
+        n = config.alloc.sensitivity.n
+        if len(cal.examples) <= n:
+            raise PruneError(f"threshold 'sensitivity' holds out {n} calibration utterances for its KL measurement and needs "
+                             f"more for the statistics: got {len(cal.examples)}; pass --calib-n {n + 32} or more")  # fmt: skip
+        fit, cal.holdout = cal.examples[:-n], cal.examples[-n:]
+    if config.needs_grams and fit is not None:
+        cal.grams = dense_stats(loaded.model, fit, config.stats, progress, log)
+    cal.seconds = time.perf_counter() - t0
+    return cal
+
+
+def choose_plan(loaded: LoadedModel, config: PruneConfig, progress: bool = True, cal: Calibration | None = None,
+                log=print) -> tuple[PrunePlan, Allocation | None]:  # fmt: skip
     """The plan file as given (validated against the model), or calibrate + score + allocate."""
     if config.plan is not None:
         plan = PrunePlan.load(config.plan)
@@ -117,10 +183,17 @@ def choose_plan(loaded: LoadedModel, config: PruneConfig, progress: bool = True)
         return plan, None
     alloc = config.alloc
     assert alloc is not None
+    cal = cal if cal is not None else calibrate(loaded, config, progress, log)
     groups = enumerate_groups(loaded.model, alloc.group_space())
-    examples = prepare(loaded, config.calib) if config.score.needs_grads else None
-    scores = score_groups(loaded.model, groups, [config.score], examples, progress=progress)[config.score.name]
-    allocation = allocate(groups, scores, alloc, loaded.spec)
+    examples = cal.examples if config.score.needs_calib or alloc.threshold.value == "sensitivity" else None
+    scores = score_groups(loaded.model, groups, [config.score], examples, progress=progress, grams=cal.grams)[config.score.name]
+    if alloc.threshold.value == "sensitivity":
+        from slimwhisper.compress.sensalloc import allocate_sensitivity
+
+        allocation = allocate_sensitivity(loaded.model, groups, scores, alloc, loaded.spec, cal.grams, cal.holdout,
+                                          config.score.name, config.stats.cache_root(), progress, log)  # fmt: skip
+    else:
+        allocation = allocate(groups, scores, alloc, loaded.spec)
     return allocation.plan, allocation
 
 
@@ -133,36 +206,55 @@ def _wer(loaded: LoadedModel, config: PruneConfig, progress: bool) -> float:
     return evaluate(TorchTranscriber(loaded, DecodeConfig()), dataset, progress=progress).wer
 
 
-def prune(config: PruneConfig, progress: bool = True, loaded: LoadedModel | None = None) -> PruneResult:
+def prune(config: PruneConfig, progress: bool = True, loaded: LoadedModel | None = None, log=print) -> PruneResult:
     """Run the job; ``loaded`` skips loading (it is pruned IN PLACE)."""
+    import copy
+
     from slimwhisper.compress.surgery import apply_plan
     from slimwhisper.models import load_model
     from slimwhisper.models.slim import spec_from_model
     from slimwhisper.models.slimdir import save_slim
 
+    from slimwhisper.outputs import check_output
+
+    # Before any (slow) work: a foreign folder or the input is refused here, not after pruning.
+    check_output(config.out, "model", force=config.force, inputs=[config.model, config.plan])
     timer = _Timer()
     if loaded is None:
         loaded = load_model(config.model)
     before = loaded.spec.params_by_component()
     wer_before = _wer(loaded, config, progress) if config.eval_data else None
     timer.lap("eval_before")
-    plan, allocation = choose_plan(loaded, config, progress)
+    cal = calibrate(loaded, config, progress, log)
+    timer.lap("calibration")
+    plan, allocation = choose_plan(loaded, config, progress, cal, log)
     timer.lap("score")
     if not plan.remove:
         raise PruneError("the allocation removes nothing (ratios too small for these block sizes?); raise a ratio")
+    report = None
+    if config.reconstruct.active:
+        from slimwhisper.compress.reconstruct import reconstruct_prune
+
+        dense = copy.deepcopy(loaded.model).eval()
+        plan, report = reconstruct_prune(loaded, dense, plan, cal.examples, config.reconstruct, config.stats,
+                                         config.score.name, cal.grams, progress, log)  # fmt: skip
+        del dense
+        timer.lap("reconstruct")
     # A slim folder pruned again: surgery composes with the record load_slim left on the model.
     record = apply_plan(loaded.model, plan)
     loaded.model.slim_record = record
     loaded.spec = spec_from_model(loaded.model)
     timer.lap("surgery")
-    configs = {"prune": config.to_dict()}
+    configs = {"prune": config.to_dict(), "allocation": None if allocation is None else allocation_dict(allocation),
+               "reconstruction": report}  # fmt: skip
     save_slim(loaded, Path(config.out), record=record, configs=configs, force=config.force)
     timer.lap("save")
     wer_after = _wer(loaded, config, progress) if config.eval_data else None
     timer.lap("eval_after")
     return PruneResult(
-        loaded, record, plan, before, loaded.spec.params_by_component(), Path(config.out), allocation, wer_before, wer_after, timer.laps
-    )
+        loaded, record, plan, before, loaded.spec.params_by_component(), Path(config.out), allocation, wer_before, wer_after,
+        timer.laps, report,
+    )  # fmt: skip
 
 
 class _Timer:

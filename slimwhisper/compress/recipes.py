@@ -1,19 +1,27 @@
-"""Named pruning recipes: an ``AllocConfig`` + ``ScoreConfig`` preset registered by name.
+"""Named pruning recipes: an ``AllocConfig`` + ``ScoreConfig`` (+ ``ReconstructConfig``) preset
+registered by name.
 
 ``slimwhisper prune --recipe NAME`` uses one; adding a recipe is one ``register_recipe`` call.
 The first two follow "Pruning as Regularization" (arXiv 2511.08092), which found Whisper's
 decoder self-attention and the top encoder layers the least sensitive components.
+
+``oneshot-25`` / ``oneshot-35`` are the best one-shot settings measured by
+``experiments/oneshot_table.py`` (issue 9): structured OBS scores, allocation from measured
+sensitivity for a layer-parameter budget, and a least-squares re-fit (dense-model Grams) of ``out_proj`` /
+``fc2``. They need calibration audio (``--calib``); 64 utterances are enough for tiny.en and base.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from slimwhisper.compress.allocate import AllocConfig, Threshold
+from slimwhisper.compress.reconstruct import ReconstructConfig
 from slimwhisper.compress.scores import ScoreConfig
+from slimwhisper.errors import UserError
 
 
-class RecipeError(ValueError):
+class RecipeError(UserError, ValueError):
     pass
 
 
@@ -23,6 +31,7 @@ class Recipe:
     alloc: AllocConfig
     score: ScoreConfig
     describe: str
+    reconstruct: ReconstructConfig = field(default_factory=ReconstructConfig)  # method "none" by default
 
 
 RECIPES: dict[str, Recipe] = {}
@@ -87,3 +96,14 @@ register_recipe(
         "drop the decoder layer with the lowest Fisher saliency",
     )
 )
+for _pct in (25, 35):
+    register_recipe(
+        Recipe(
+            f"oneshot-{_pct}",
+            AllocConfig(threshold=Threshold.SENSITIVITY, target_params=_pct / 100),
+            ScoreConfig("obs"),
+            f"{_pct}% of the encoder+decoder layer parameters (heads + FFN neurons), ratios from measured "
+            "sensitivity, structured OBS scores, least-squares re-fit on dense Grams (needs --calib)",
+            ReconstructConfig("lstsq", sequential=False),  # measured; the sequential walk is not validated on tiny.en yet
+        )
+    )

@@ -18,6 +18,12 @@ vectorised ``GroupIndex`` (no Python loop over thousands of neurons).
 ``taylor`` and ``fisher`` are in loss units and comparable across layers as they are; magnitude
 is not. ``ScoreConfig.normalize`` (default: per handler) divides each score by the mean score
 per parameter of its (block, kind), so score/params = 1.0 means "average for its block".
+
+Activation-aware scores (``obs``, ``flap``, ``wanda``) read the calibration Gram matrices of
+``stats.py`` instead of gradients; they are registered in ``gramscores.py``. Each handler declares
+what it needs (``needs``: ``grads`` and/or ``grams``; ``grad_stats``: which per-example gradient
+accumulators of ``GradStats``), and ``score_groups`` computes only that: a new score is one
+``register_score`` call, never an edit of ``GradStats``.
 """
 
 from __future__ import annotations
@@ -30,9 +36,10 @@ import torch
 
 from slimwhisper.compress.calib import CalibExample, per_example_grads
 from slimwhisper.compress.groups import Group
+from slimwhisper.errors import UserError
 
 
-class ScoreError(ValueError):
+class ScoreError(UserError, ValueError):
     """Unknown score or bad score options; the message lists what is valid."""
 
 
@@ -59,11 +66,20 @@ class ScoreConfig:
             except ValueError:
                 problems.append(f"normalize must be one of {[n.value for n in Normalize]}, got {self.normalize!r}")
         if problems:
-            raise ScoreError("invalid score config:\n  - " + "\n  - ".join(problems))
+            raise ScoreError("invalid score config", problems)
 
     @property
     def needs_grads(self) -> bool:
-        return SCORES[self.name].needs_grads
+        return "grads" in SCORES[self.name].needs
+
+    @property
+    def needs_grams(self) -> bool:
+        return "grams" in SCORES[self.name].needs
+
+    @property
+    def needs_calib(self) -> bool:
+        """True when the score reads calibration audio (gradients or Gram matrices)."""
+        return bool(SCORES[self.name].needs)
 
     @property
     def effective_normalize(self) -> Normalize:
@@ -119,19 +135,21 @@ class GroupIndex:
 # ---- one pass over calibration data ---------------------------------------------------------------
 
 
+# Per-example gradient accumulators a handler may ask for (``grad_stats``):
+#   sum_sq     sum_n g_n^2 per element (N x the diagonal empirical Fisher);
+#   taylor_abs sum_n |sum_{j in G} w_j g_nj| per group.
+GRAD_STATS = ("sum_sq", "taylor_abs")
+
+
 class GradStats:
-    """What the gradient scores need, accumulated in one pass (per-sample grads, batch 1).
+    """The per-example gradient accumulators the requested scores declared, in one pass (batch 1)."""
 
-    ``sum_sq[name]``: sum_n g_n^2 per element (N x diagonal empirical Fisher), when ``fisher``;
-    ``taylor_abs``: sum_n |sum_{j in G} w_j g_nj| per group, when ``taylor``.
-    """
-
-    def __init__(self, index: GroupIndex, weights: dict[str, torch.Tensor], fisher: bool = True, taylor: bool = True):
+    def __init__(self, index: GroupIndex, weights: dict[str, torch.Tensor], wants: frozenset[str] | set[str] = frozenset(GRAD_STATS)):
         self.index, self.weights = index, weights
         self.n = 0
         self.loss_sum = 0.0
-        self.sum_sq = {n: torch.zeros_like(w, dtype=torch.float32) for n, w in weights.items()} if fisher else {}
-        self.taylor_abs = torch.zeros(len(index.groups), dtype=torch.float64) if taylor else None
+        self.sum_sq = {n: torch.zeros_like(w, dtype=torch.float32) for n, w in weights.items()} if "sum_sq" in wants else {}
+        self.taylor_abs = torch.zeros(len(index.groups), dtype=torch.float64) if "taylor_abs" in wants else None
 
     def update(self, loss: float, grads: dict[str, torch.Tensor]) -> None:
         self.n += 1
@@ -162,44 +180,66 @@ def run_pass(model, examples: list[CalibExample], stats: list, progress: bool = 
 # ---- handlers -------------------------------------------------------------------------------------
 
 
+@dataclass
+class ScoreContext:
+    """What a handler may read: the groups, their weights and the statistics it declared."""
+
+    model: object
+    groups: list[Group]
+    index: GroupIndex
+    weights: dict[str, torch.Tensor]
+    grads: GradStats | None = None
+    grams: object | None = None  # stats.DenseStats
+
+
 @dataclass(frozen=True)
 class ScoreHandler:
-    fn: Callable[[GroupIndex, dict[str, torch.Tensor], GradStats | None, ScoreConfig], torch.Tensor]
-    needs_grads: bool
+    fn: Callable[[ScoreContext, ScoreConfig], torch.Tensor]
+    needs: frozenset[str]  # subset of {"grads", "grams"}; empty = data-free
     normalize: Normalize  # default
+    grad_stats: frozenset[str] = frozenset()  # GRAD_STATS entries, when "grads" is needed
+
+    @property
+    def needs_grads(self) -> bool:
+        return "grads" in self.needs
 
 
 SCORES: dict[str, ScoreHandler] = {}
 
 
-def register_score(name: str, needs_grads: bool, normalize: Normalize):
+def register_score(name: str, *, normalize: Normalize, needs: tuple[str, ...] = (), grad_stats: tuple[str, ...] = ()):
+    """Register ``fn(ctx: ScoreContext, config) -> tensor[G]`` under ``name``."""
+    bad = sorted(set(needs) - {"grads", "grams"}) + sorted(set(grad_stats) - set(GRAD_STATS))
+    if bad:
+        raise ValueError(f"score {name!r}: unknown statistics {bad}")
+
     def wrap(fn):
         if name in SCORES:
             raise ValueError(f"score {name!r} registered twice")
-        SCORES[name] = ScoreHandler(fn, needs_grads, normalize)
+        SCORES[name] = ScoreHandler(fn, frozenset(needs), normalize, frozenset(grad_stats))
         return fn
 
     return wrap
 
 
-@register_score("magnitude", needs_grads=False, normalize=Normalize.BLOCK)
-def _magnitude(index, weights, stats, config):
+@register_score("magnitude", normalize=Normalize.BLOCK)
+def _magnitude(ctx, config):
     # L1 = sum |w|, "L2" = sum w^2 (the squared norm ranks like the norm but, like the OBD
     # saliency, adds up over parameters, so per-parameter normalisation is meaningful).
     if config.p == 1:
-        return index.reduce(lambda n: weights[n].abs())
-    return index.reduce(lambda n: weights[n].square())
+        return ctx.index.reduce(lambda n: ctx.weights[n].abs())
+    return ctx.index.reduce(lambda n: ctx.weights[n].square())
 
 
-@register_score("taylor", needs_grads=True, normalize=Normalize.NONE)
-def _taylor(index, weights, stats, config):
-    return stats.taylor_abs / max(stats.n, 1)
+@register_score("taylor", normalize=Normalize.NONE, needs=("grads",), grad_stats=("taylor_abs",))
+def _taylor(ctx, config):
+    return ctx.grads.taylor_abs / max(ctx.grads.n, 1)
 
 
-@register_score("fisher", needs_grads=True, normalize=Normalize.NONE)
-def _fisher(index, weights, stats, config):
-    n = max(stats.n, 1)
-    return 0.5 * index.reduce(lambda name: (stats.sum_sq[name] / n) * weights[name].float().square())
+@register_score("fisher", normalize=Normalize.NONE, needs=("grads",), grad_stats=("sum_sq",))
+def _fisher(ctx, config):
+    n = max(ctx.grads.n, 1)
+    return 0.5 * ctx.index.reduce(lambda name: (ctx.grads.sum_sq[name] / n) * ctx.weights[name].float().square())
 
 
 def normalize_per_block(groups: list[Group], scores: torch.Tensor) -> torch.Tensor:
@@ -238,25 +278,41 @@ def score_groups(
     examples: list[CalibExample] | None = None,
     progress: bool = True,
     observers: list | None = None,
+    grams=None,
 ) -> dict[str, torch.Tensor]:
-    """Scores of ``groups`` for every config in one calibration pass; {score name: tensor[G]}.
+    """Scores of ``groups`` for every config, computing only the statistics they declare;
+    {score name: tensor[G]}.
 
     ``observers`` (objects with ``weights`` and ``update(loss, grads)``) ride along on the same
-    pass, e.g. ``sensitivity.SensitivityStats``.
+    gradient pass, e.g. ``sensitivity.SensitivityStats``. ``grams`` (a ``stats.DenseStats``) is
+    computed from ``examples`` with default settings when a score needs it and none is given.
     """
     if not groups:
         raise ScoreError("no groups to score: the group space selects nothing in this model")
     index = GroupIndex(groups)
     weights = weights_of(model, index)
-    stats = None
-    if any(c.needs_grads for c in configs) or observers:
-        if not examples:
-            raise ScoreError("gradient scores need calibration examples (at least 1)")
-        names = {c.name for c in configs}
-        stats = GradStats(index, weights, fisher="fisher" in names, taylor="taylor" in names)
-        run_pass(model, examples, [stats, *(observers or [])], progress=progress)
+    ctx = ScoreContext(model, groups, index, weights)
+    handlers = [SCORES[c.name] for c in configs]
+    need_grads = any(h.needs_grads for h in handlers) or bool(observers)
+    need_grams = any("grams" in h.needs for h in handlers)
+    if need_grads and not examples:
+        raise ScoreError("gradient scores need calibration examples (at least 1)")
+    if need_grams and grams is None and not examples:
+        raise ScoreError("activation-aware scores (obs, flap, wanda) need calibration examples (at least 1)")
+    if need_grads:
+        wants = frozenset().union(*(h.grad_stats for h in handlers))
+        ctx.grads = GradStats(index, weights, wants)
+        run_pass(model, examples, [ctx.grads, *(observers or [])], progress=progress)
+    if need_grams:
+        if grams is None:
+            from slimwhisper.compress.stats import StatsConfig, dense_stats
+
+            grams = dense_stats(model, examples, StatsConfig(), progress=progress)
+        ctx.grams = grams
     out = {}
     for c in configs:
-        raw = SCORES[c.name].fn(index, weights, stats, c)
+        raw = SCORES[c.name].fn(ctx, c)
         out[c.name] = normalize_per_block(groups, raw) if c.effective_normalize is Normalize.BLOCK else raw
     return out
+
+

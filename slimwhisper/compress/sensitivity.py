@@ -25,12 +25,14 @@ import torch
 
 from slimwhisper.compress.calib import CalibConfig, CalibExample
 from slimwhisper.compress.groups import ATTN_ATTR, SIDES, layers_of, prefix
+from slimwhisper.errors import UserError
+from slimwhisper.outputs import OutputError, check_output_file
 
 COMPONENTS = ("self_attn", "cross_attn", "ffn")
 _FFN_MODULES = ("fc1", "fc2")
 
 
-class SensitivityError(ValueError):
+class SensitivityError(UserError, ValueError):
     pass
 
 
@@ -48,14 +50,17 @@ class SensitivityConfig:
             problems.append("model must be a model source such as 'tiny.en' or 'base'")
         if not isinstance(self.calib, CalibConfig):
             problems.append("calib must be a CalibConfig")
-        for name in ("out", "plot"):
+        for name in ("out", "plot"):  # both checked before any work (a bad --plot must not follow a written --out)
             path = getattr(self, name)
-            if path is not None and Path(path).exists() and not self.force:
-                problems.append(f"{name} {path} exists; pass --force to overwrite it")
+            if path is not None:
+                try:
+                    check_output_file(path, force=self.force, option=f"--{name}", inputs=[self.calib.data])
+                except OutputError as exc:
+                    problems.append(str(exc))
         if self.plot is not None and not str(self.plot).lower().endswith(".png"):
             problems.append(f"plot must be a .png path, got {self.plot!r}")
         if problems:
-            raise SensitivityError("invalid sensitivity config:\n  - " + "\n  - ".join(problems))
+            raise SensitivityError("invalid sensitivity config", problems)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -20,36 +20,56 @@ import torch
 from torch import nn
 
 from slimwhisper.compress.groups import ATTN_ATTR, layers_of
+from slimwhisper.errors import UserError
 
 LABEL = "unstructured (no size change)"
+
+
+class UnstructuredError(UserError, ValueError):
+    """An unstructured pruning config is invalid; the message lists every problem."""
+
 LINEARS = {
     "self_attn": tuple(f"self_attn.{p}" for p in ("q_proj", "k_proj", "v_proj", "out_proj")),
     "cross_attn": tuple(f"{ATTN_ATTR['cross_attn']}.{p}" for p in ("q_proj", "k_proj", "v_proj", "out_proj")),
     "ffn": ("fc1", "fc2"),
 }
-_SELECTOR = re.compile(r"^(?P<side>encoder|decoder|all)(?:\.last(?P<last>\d+))?(?:\.(?P<comp>self_attn|cross_attn|ffn))?$")
+# The allocation selector syntax (``compress.allocate``: ``encoder[-4:].self_attn``), plus side
+# ``all`` and an optional component (every Linear of the chosen layers).
+_SELECTOR = re.compile(r"^(?P<side>encoder|decoder|all)(?:\[(?P<a>-?\d*)(?P<colon>:)?(?P<b>-?\d*)\])?"
+                       r"(?:\.(?P<comp>self_attn|cross_attn|ffn))?$")
 
 
 @dataclass(frozen=True)
 class Selector:
-    """``side[.lastK][.component]``: e.g. ``decoder.self_attn``, ``encoder.last2``, ``all.ffn``, ``all``."""
+    """``SIDE[LAYERS][.COMPONENT]``: e.g. ``decoder.self_attn``, ``encoder[-2:]``, ``decoder[0].ffn``, ``all``."""
 
     side: str  # encoder | decoder | all
-    last: int | None = None  # only the last K layers of each side
+    layers_text: str = ""  # "" (every layer), "[-2:]", "[0]", ... as written
     component: str | None = None  # self_attn | cross_attn | ffn; None = every Linear of the layer
 
     @classmethod
     def parse(cls, text: str) -> Selector:
-        m = _SELECTOR.match(text)
-        if m is None:
-            raise ValueError(
-                f"bad component selector {text!r}; use side[.lastK][.component] with side encoder|decoder|all "
-                "and component self_attn|cross_attn|ffn, e.g. decoder.self_attn, encoder.last2, all.ffn, all"
+        m = _SELECTOR.match(text.strip())
+        if m is None or (m["a"] == "" and m["colon"] is None):
+            raise UnstructuredError(
+                f"bad component selector {text!r}; use SIDE[LAYERS][.COMPONENT] with SIDE encoder|decoder|all and "
+                "COMPONENT self_attn|cross_attn|ffn, e.g. decoder.self_attn, encoder[-2:].ffn, decoder[0], all"
             )
-        return cls(m["side"], int(m["last"]) if m["last"] else None, m["comp"])
+        layers = text.strip()[len(m["side"]):].split(".")[0] if "[" in text else ""
+        return cls(m["side"], layers, m["comp"])
+
+    def layer_ids(self, n: int) -> list[int]:
+        if not self.layers_text:
+            return list(range(n))
+        inner = self.layers_text[1:-1]
+        if ":" not in inner:
+            i = int(inner)
+            return [i if i >= 0 else n + i] if -n <= i < n else []
+        a, b = inner.split(":")
+        return list(range(n))[slice(int(a) if a else None, int(b) if b else None)]
 
     def __str__(self) -> str:
-        return ".".join(p for p in (self.side, f"last{self.last}" if self.last else None, self.component) if p)
+        return self.side + self.layers_text + (f".{self.component}" if self.component else "")
 
 
 @dataclass(frozen=True)
@@ -71,9 +91,9 @@ class UnstructuredConfig:
             except ValueError as exc:
                 problems.append(str(exc))
         if not self.components:
-            problems.append("components is empty; e.g. ('all',) or ('decoder.self_attn', 'encoder.last2.ffn')")
+            problems.append("components is empty; e.g. ('all',) or ('decoder.self_attn', 'encoder[-2:].ffn')")
         if problems:
-            raise ValueError("invalid unstructured pruning config:\n  - " + "\n  - ".join(problems))
+            raise UnstructuredError("invalid unstructured pruning config", problems)
         object.__setattr__(self, "components", tuple(parsed))
 
     def to_dict(self) -> dict:
@@ -104,9 +124,8 @@ def selected_weights(model: nn.Module, selector: Selector) -> dict[str, nn.Param
     out = {}
     for side in ("encoder", "decoder") if selector.side == "all" else (selector.side,):
         layers = layers_of(model, side)
-        first = max(0, len(layers) - selector.last) if selector.last else 0
         comps = (selector.component,) if selector.component else tuple(LINEARS)
-        for i in range(first, len(layers)):
+        for i in selector.layer_ids(len(layers)):
             for comp in comps:
                 if comp == "cross_attn" and side == "encoder":
                     continue

@@ -1,15 +1,13 @@
 """Write a bundle: ONNX graphs (+ variants), tokenizer, mel filters and ``manifest.json``.
 
-The bundle is written into a temp folder beside ``out`` and renamed only after parity passed, so
-a failed export never leaves a half bundle, and an existing ``out`` is refused unless ``force``.
+The bundle is written into a temp folder beside ``out`` and renamed only after parity passed
+(``slimwhisper.outputs.output_dir``), so a failed export never leaves a half bundle; an existing
+``out`` is refused unless ``force``, and even then only a previous bundle is replaced.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -22,9 +20,11 @@ from slimwhisper.export.quantize import VARIANTS, to_ort_format
 from slimwhisper.models.slim import spec_from_model
 from slimwhisper.runtime.bundle import FORMAT, FORMAT_VERSION, MANIFEST, sha256_file
 from slimwhisper.runtime.frontend import HOP_LENGTH, N_FFT, N_FRAMES, N_SAMPLES, SAMPLE_RATE
+from slimwhisper.errors import UserError
+from slimwhisper.outputs import output_dir
 
 
-class ExportError(RuntimeError):
+class ExportError(UserError, RuntimeError):
     """The export cannot proceed; the message says what to do."""
 
 
@@ -65,41 +65,19 @@ def decode_manifest(generation_config, eot: int) -> dict:
     return {"suppress_tokens": [int(t) for t in suppress], "begin_suppress_tokens": [int(t) for t in begin]}
 
 
-def _check_out(out: Path, force: bool) -> None:
-    if out.exists() and not force:
-        raise ExportError(f"{out} already exists; pick another --out or pass --force to replace it")
-    if out.exists() and not out.is_dir():
-        raise ExportError(f"{out} exists and is not a folder; remove it or pick another --out")
-
-
 def export_bundle(loaded, out: str | Path, config: ExportConfig | None = None, *, force: bool = False,
                   log=print) -> dict:
     """Export ``loaded`` (a ``LoadedModel``) to a bundle folder ``out``; returns the manifest.
 
     fp32 graphs must match PyTorch within ``config.parity`` (``ParityError`` otherwise); int8 and
-    fp16 variants are compared and reported in the manifest.
+    fp16 variants are compared and reported in the manifest. ``out`` follows ``slimwhisper.outputs``:
+    with ``force`` only a previous bundle is replaced, never the model folder being exported.
     """
     config = config or ExportConfig()
-    out = Path(out)
-    _check_out(out, force)
     model = loaded.model.float().eval()
     spec = spec_from_model(model)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
-        manifest = _write(loaded, model, spec, tmp, config, log)
-        os.chmod(tmp, 0o755)  # mkdtemp makes it private; a bundle is meant to be shared
-        if out.exists():
-            old = out.with_name(f".{out.name}.old-{os.getpid()}")
-            os.rename(out, old)
-            os.rename(tmp, out)
-            shutil.rmtree(old)
-        else:
-            os.rename(tmp, out)
-        return manifest
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+    with output_dir(out, "bundle", force=force, inputs=[loaded.path]) as tmp:
+        return _write(loaded, model, spec, tmp, config, log)
 
 
 def _write(loaded, model, spec, tmp: Path, config: ExportConfig, log) -> dict:

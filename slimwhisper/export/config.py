@@ -4,16 +4,17 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from typing import Any
+from slimwhisper.errors import UserError
 
 QUANTIZE_CHOICES = (None, "int8")
 
 
-class ExportConfigError(ValueError):
+class ExportConfigError(UserError, ValueError):
     """An ``ExportConfig`` is invalid; ``problems`` lists every issue."""
 
     def __init__(self, problems: list[str]):
         self.problems = list(problems)
-        super().__init__("invalid export config:\n  - " + "\n  - ".join(self.problems))
+        super().__init__("invalid export config", self.problems)
 
 
 @dataclass(frozen=True)

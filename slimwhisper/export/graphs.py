@@ -31,9 +31,8 @@ from torch import nn
 from transformers import WhisperForConditionalGeneration
 from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 
+from slimwhisper.runtime.frontend import N_FRAMES  # 30 s of 10 ms hops (1500 encoder positions)
 from slimwhisper.spec import ArchSpec
-
-N_FRAMES = 3000  # 30 s of 10 ms hops: Whisper's encoder positions are fixed (1500 after stride 2)
 
 
 def cache_names(n_layers: int, prefix: str) -> list[str]:

@@ -2,8 +2,8 @@
 
 Three checks, each reported per output: encoder max |diff| (hidden states and every cross K/V),
 decoder logits max |diff| per step (teacher-forced along PyTorch's greedy path, so a single
-flipped token cannot hide or inflate later differences), and greedy token agreement of the
-runtime's own decode loop. fp32 must pass the tolerances (``ParityError`` otherwise); quantized
+flipped token cannot hide or inflate later differences), and greedy token agreement, both sides
+decoded by the runtime's one engine (``runtime.engine``) with the bundle's suppression rules. fp32 must pass the tolerances (``ParityError`` otherwise); quantized
 and fp16 variants are reported, not failed.
 """
 
@@ -14,19 +14,19 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 
+from slimwhisper.errors import UserError
 from slimwhisper.export.config import ParityTolerance
 
 DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
 
 
-class ParityError(AssertionError):
+class ParityError(UserError, AssertionError):
     """An exported graph differs from PyTorch beyond tolerance; ``report`` has every figure."""
 
     def __init__(self, problems: list[str], report: ParityReport):
         self.problems, self.report = problems, report
-        super().__init__("ONNX export does not match PyTorch:\n  - " + "\n  - ".join(problems))
+        super().__init__("ONNX export does not match PyTorch", problems)
 
 
 def edit_distance(a: list[int], b: list[int]) -> int:
@@ -132,40 +132,26 @@ def torch_encoder(model, features: np.ndarray) -> dict[str, np.ndarray]:
     return out
 
 
-def torch_greedy(model, features: np.ndarray, prompt: list[int], *, eot: int, suppress: list[int],
-                 begin_suppress: list[int], max_new_tokens: int) -> tuple[list[int], list[np.ndarray]]:
-    """Greedy decoding with transformers' own forward + cache: tokens and each step's last logits."""
-    tokens, logits_out = [], []
-    with torch.no_grad():
-        enc = model.model.encoder(torch.from_numpy(features)).last_hidden_state
-        cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
-        ids = torch.tensor([prompt])
-        limit = min(max_new_tokens, model.config.max_target_positions - len(prompt))
-        for t in range(limit):
-            out = model(encoder_outputs=(enc,), decoder_input_ids=ids, past_key_values=cache, use_cache=True)
-            cache = out.past_key_values
-            last = out.logits[0, -1].float().clone()
-            logits_out.append(last.numpy().copy())
-            if suppress:
-                last[suppress] = -float("inf")
-            if t == 0 and begin_suppress:
-                last[begin_suppress] = -float("inf")
-            token = int(last.argmax())
-            if token == eot:
-                break
-            tokens.append(token)
-            ids = torch.tensor([[token]])
-    return tokens, logits_out
+def engine_greedy(model, audio, prompt: list[int], specials, max_new_tokens: int, detok) -> list[int]:
+    """Greedy text tokens of any ``StepModel`` through the runtime's one decoding engine (the same
+    filters the runtime, the torch path and pseudo-labelling use)."""
+    from slimwhisper.runtime.engine import DecodingOptions, decode
+
+    opts = DecodingOptions(sample_len=max_new_tokens, fallback=False, timestamps=False)
+    (r,) = decode(model, audio, prompt, 0, specials, opts, 0.0, detok, np.random.default_rng(0))
+    return r.tokens
 
 
 def check_parity(model, bundle_dir: Path, variant: str, *, clips: int, max_new_tokens: int,
                  tolerance: ParityTolerance | None, threads: int = 2) -> ParityReport:
     """Compare one bundle variant with PyTorch; raise ``ParityError`` if ``tolerance`` is given and exceeded."""
+    from slimwhisper.decoding_torch import TorchWhisper
     from slimwhisper.runtime.bundle import BundleTranscriber
+    from slimwhisper.runtime.decode import teacher_forced_logits
 
     rt = BundleTranscriber(bundle_dir, threads=threads, variant=variant, verify=False)
-    m = rt.manifest
-    eot = m["tokenizer"]["eot"]
+    onnx, ref_model = rt.model, TorchWhisper(model)
+    eot = rt.specials.eot
     report = ParityReport(variant)
     was = model.config._attn_implementation
     model.set_attn_implementation("eager")
@@ -173,20 +159,21 @@ def check_parity(model, bundle_dir: Path, variant: str, *, clips: int, max_new_t
         for clip_id, audio in parity_audio(clips):
             feats = rt.features(audio)
             ref = torch_encoder(model, feats)
-            got = dict(zip([o.name for o in rt.decoder.encoder.get_outputs()],
-                           rt.decoder.encoder.run(None, {"input_features": feats.astype(rt.decoder.dtype)})))
-            cross = {k: got[k] for k in rt.decoder.cross_names}
+            got = dict(zip([o.name for o in onnx.encoder.get_outputs()],
+                           onnx.encoder.run(None, {"input_features": feats.astype(onnx.dtype)})))
+            cross = {k: got[k] for k in onnx.cross_names}
             enc_diff = {k: float(np.max(np.abs(got[k].astype(np.float32) - v))) for k, v in ref.items()}
             enc_scale = {k: float(np.max(np.abs(v))) for k, v in ref.items()}
-            prompt = rt.prompt("en" if rt.multilingual else None)
-            want, want_logits = torch_greedy(model, feats, prompt, eot=eot, suppress=m["decode"]["suppress_tokens"],
-                                             begin_suppress=m["decode"]["begin_suppress_tokens"],
-                                             max_new_tokens=max_new_tokens)
-            force = want + [eot] if len(want_logits) > len(want) else list(want)
-            forced = rt.decoder.greedy(cross, prompt, max_new_tokens, keep_logits=True, force=force)
-            diffs = [float(np.max(np.abs(a - b))) for a, b in zip(forced.logits, want_logits)]
-            free = rt.decoder.greedy(cross, prompt, max_new_tokens)
-            report.clips.append(ClipParity(clip_id, enc_diff, diffs, want, free.tokens, enc_scale))
+            # the runtime's language rule (forced English for multilingual), no timestamps
+            prompt = rt.prompt(None) + [rt.specials.no_timestamps]
+            hidden = ref_model.encode(feats)
+            want = engine_greedy(ref_model, hidden, prompt, rt.specials, max_new_tokens, rt.detok)
+            force = want + [eot] if len(want) < max_new_tokens else list(want)
+            want_logits = teacher_forced_logits(ref_model, hidden, prompt, force)
+            forced = teacher_forced_logits(onnx, cross, prompt, force)
+            diffs = [float(np.max(np.abs(a - b))) for a, b in zip(forced, want_logits)]
+            free = engine_greedy(onnx, cross, prompt, rt.specials, max_new_tokens, rt.detok)
+            report.clips.append(ClipParity(clip_id, enc_diff, diffs, want, free, enc_scale))
     finally:
         model.set_attn_implementation(was)
     if tolerance is not None:

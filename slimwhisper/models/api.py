@@ -1,9 +1,9 @@
 """What every model source produces, and the registry that maps a ``--model`` value to a loader.
 
-A source kind is a ``SourceKind`` (a name, a ``detect`` predicate and a ``load`` function)
-registered with ``register_source``; ``load_model`` asks each kind in registration order. New
-sources (a hub id, a CTranslate2 folder, a pruned slimwhisper folder, ...) are one registration,
-not another ``elif``.
+A source kind is a ``SourceKind`` (a name, a ``detect`` predicate, a ``load`` function and a
+``priority``) registered with ``register_source``; ``load_model`` asks each kind in ascending
+priority, never in import order. New sources (a hub id, a CTranslate2 folder, a pruned
+slimwhisper folder, ...) are one registration, not another ``elif``.
 """
 
 from __future__ import annotations
@@ -13,13 +13,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from slimwhisper.errors import UserError
+
 if TYPE_CHECKING:  # heavy imports only for type checkers
     from transformers import WhisperForConditionalGeneration, WhisperProcessor
 
     from slimwhisper.spec import ArchSpec
 
 
-class ModelLoadError(RuntimeError):
+class ModelLoadError(UserError, RuntimeError):
     """A model could not be loaded; the message says what to do."""
 
 
@@ -46,21 +48,30 @@ class LoadOptions:
 
 @dataclass(frozen=True)
 class SourceKind:
+    """``priority``: lower is asked first. A kind whose folders also match a more general kind
+    must come before it (a pruned slimwhisper folder is also a folder with config.json and
+    weights). Built-in: bundled 10, slim 20, transformers 30, ct2 40, openai-pt 50, hub 90."""
+
     name: str
     detect: Callable[[str], bool]
     load: Callable[[str, LoadOptions], LoadedModel]
     describe: str = ""
+    priority: int = 100  # a kind added without one is asked after every built-in kind
 
 
 _SOURCES: list[SourceKind] = []
 
 
 def register_source(kind: SourceKind) -> SourceKind:
-    if any(k.name == kind.name for k in _SOURCES):
-        raise ValueError(f"source kind {kind.name!r} registered twice")
+    for other in _SOURCES:
+        if other.name == kind.name:
+            raise ValueError(f"source kind {kind.name!r} registered twice")
+        if other.priority == kind.priority:  # a tie would fall back to import order
+            raise ValueError(f"source kinds {other.name!r} and {kind.name!r} both have priority {kind.priority}")
     _SOURCES.append(kind)
     return kind
 
 
 def source_kinds() -> list[SourceKind]:
-    return list(_SOURCES)
+    """The registered kinds in the order ``load_model`` asks them (ascending priority)."""
+    return sorted(_SOURCES, key=lambda k: k.priority)

@@ -17,6 +17,8 @@ from typing import BinaryIO
 
 import numpy as np
 
+from slimwhisper.errors import UserError
+
 # Order of the DataType enum in ctranslate2 (model_spec.py ``_dtype_to_type_id``). bfloat16 has
 # no numpy dtype: read as uint16 and widened by ``_bf16_to_f32``.
 _DTYPES: dict[int, np.dtype] = {
@@ -31,7 +33,7 @@ _BF16 = 5
 SUPPORTED_VERSIONS = (5, 6)
 
 
-class CT2FormatError(ValueError):
+class CT2FormatError(UserError, ValueError):
     """The file is not a complete CTranslate2 model (truncated, corrupt or an unknown version)."""
 
 

@@ -11,9 +11,10 @@ import logging
 import re
 from pathlib import Path
 
-from slimwhisper.models.api import LoadedModel, LoadOptions, ModelLoadError
+from slimwhisper.models.api import LoadedModel, LoadOptions, ModelLoadError, SourceKind
 from slimwhisper.models.bundled import BUNDLED, TOKENIZER_FOR_VOCAB
 from slimwhisper.models.cache import DONE_MARKER, converted_dir, file_chunks, sha256_of
+from slimwhisper.models.hf_folder import load_transformers_folder
 
 log = logging.getLogger(__name__)
 
@@ -124,8 +125,9 @@ def convert_openai_checkpoint(path: Path, out_dir: Path, record: dict) -> None:
     try:
         model = build_model(config, hf_state)
     except SpecError as exc:
-        shown = exc.problems[:10] + ([f"... and {len(exc.problems) - 10} more"] if len(exc.problems) > 10 else [])
-        raise ModelLoadError(f"{path}: weights do not match dims {dims}:\n  - " + "\n  - ".join(shown)) from exc
+        problems = list(exc.problems)  # a tuple since SpecError became a UserError
+        shown = problems[:10] + ([f"... and {len(problems) - 10} more"] if len(problems) > 10 else [])
+        raise ModelLoadError(f"{path}: weights do not match dims {dims}", shown) from exc
     donor_heads = donor_config.get("alignment_heads", [])
     # Alignment heads are per checkpoint; borrow the donor's only if they index valid layers/heads.
     ok = all(layer < dims["n_text_layer"] and head < dims["n_text_head"] for layer, head in donor_heads)
@@ -137,8 +139,6 @@ def convert_openai_checkpoint(path: Path, out_dir: Path, record: dict) -> None:
 def load_openai_checkpoint(path: Path, options: LoadOptions) -> LoadedModel:
     import json
 
-    from slimwhisper.models.sources import load_transformers_folder
-
     sha = sha256_of(file_chunks([path]))
     out_dir = converted_dir(options, "openai", sha)
     if not (out_dir / DONE_MARKER).exists():
@@ -149,3 +149,14 @@ def load_openai_checkpoint(path: Path, options: LoadOptions) -> LoadedModel:
         extra["tokenizer_from"] = record["tokenizer_from"]
     return load_transformers_folder(out_dir, options, source=str(path), kind="openai-pt", name=path.stem,
                                     sha256=sha, extra=extra)
+
+
+def _is_pt(source: str) -> bool:
+    return source.endswith(".pt") and Path(source).is_file()
+
+
+def load_pt(source: str, options: LoadOptions) -> LoadedModel:
+    return load_openai_checkpoint(Path(source), options)
+
+
+OPENAI_PT_KIND = SourceKind("openai-pt", _is_pt, load_pt, "an openai-whisper checkpoint file (*.pt)", priority=50)

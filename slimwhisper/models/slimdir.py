@@ -11,6 +11,11 @@ Folder layout (format ``SLIM_FORMAT``):
 * ``slimwhisper.json``   — format version, the ``ArchSpec`` (per-layer shapes), the source model
 * ``pruning.json``       — the pruning record and the scoring/allocation configs that produced it
 * ``generation_config.json`` and the processor/tokenizer files.
+* ``checksums.json``     — the sha256 of every file above, written last. Loading verifies them, as
+  a bundle's manifest is verified: flipped bytes in the weights, or a head count edited in
+  ``slimwhisper.json`` while the shapes still match, would otherwise load and transcribe garbage.
+  Folders saved before checksums existed (no ``checksums`` entry in ``slimwhisper.json``) load
+  unverified.
 
 Torch and transformers are imported inside functions: ``slimwhisper.models`` imports this module to
 register the ``slim`` source kind, and that import must stay cheap.
@@ -19,25 +24,26 @@ register the ``slim`` source kind, and that import must stay cheap.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
-from slimwhisper.models.api import LoadedModel, LoadOptions, ModelLoadError, SourceKind, register_source
+from slimwhisper.errors import UserError
+from slimwhisper.models.api import LoadedModel, LoadOptions, ModelLoadError, SourceKind
 from slimwhisper.models.cache import file_chunks, sha256_of
+from slimwhisper.outputs import check_output, output_dir
 from slimwhisper.spec import ArchSpec
 
 SLIM_FORMAT = 1
 META_FILE = "slimwhisper.json"
 WEIGHTS_FILE = "model.safetensors"
+CHECKSUMS_FILE = "checksums.json"
+RECREATE = "re-create the folder (run prune/recover/tspar again) or copy it again from where it was made"
 TIED = "proj_out.weight"
 EMBED = "model.decoder.embed_tokens.weight"
 POISON = "slimwhisper-pruned-model: load this folder with slimwhisper.models.load_model(<folder>)"
 
 
-class SlimDirError(ValueError):
+class SlimDirError(UserError, ValueError):
     """A slim folder cannot be written (bad target, inconsistent record); the message says what to do."""
 
 
@@ -53,17 +59,6 @@ def _as_dict(obj: Any) -> dict | None:
     if obj is None or isinstance(obj, dict):
         return obj
     return obj.to_dict()  # PruneRecord / ArchSpec / config dataclasses
-
-
-def _check_target(out: Path, protected: list[Path], force: bool) -> None:
-    if not out.exists() or (out.is_dir() and not any(out.iterdir())):
-        return
-    if not force:
-        raise SlimDirError(f"{out} already exists; choose another folder or pass force=True (--force) to replace it")
-    if not is_slim_dir(out):
-        raise SlimDirError(f"{out} exists and is not a slimwhisper folder (no {META_FILE}); refusing to replace it even with force")
-    if any(out.resolve() == p.resolve() for p in protected):
-        raise SlimDirError(f"{out} is the folder the model was loaded from; write the pruned model somewhere else")
 
 
 def _config_json(model) -> dict:
@@ -89,6 +84,13 @@ def _write_folder(tmp: Path, model, processor, meta: dict, pruning: dict) -> Non
     model.generation_config.save_pretrained(tmp)
     if processor is not None:
         processor.save_pretrained(tmp)
+    _write_checksums(tmp)
+
+
+def _write_checksums(folder: Path) -> None:
+    files = sorted(f for f in folder.rglob("*") if f.is_file())
+    sums = {f.relative_to(folder).as_posix(): sha256_of(file_chunks([f])) for f in files}
+    (folder / CHECKSUMS_FILE).write_text(json.dumps({"sha256": sums}, indent=2) + "\n")
 
 
 def save_slim(
@@ -115,7 +117,7 @@ def save_slim(
     out = Path(out_dir)
     src = dict(_default_source(loaded), **(source or {}))
     protected = [Path(p) for p in (src.get("path"), loaded and loaded.path) if p]
-    _check_target(out, protected, force)
+    check_output(out, "model", force=force, inputs=protected)  # before the checks below and any writing
 
     spec = spec_from_model(model)
     if sum(p.numel() for p in model.parameters()) != spec.params():
@@ -123,17 +125,12 @@ def save_slim(
     rec = _as_dict(record if record is not None else getattr(model, "slim_record", None))
     if rec is not None and ArchSpec.from_dict(rec["spec"]) != spec:
         raise SlimDirError("the pruning record describes other shapes than this model; pass the record apply_plan returned")
-    meta = {"format": SLIM_FORMAT, "spec": spec.to_dict(), "source": src, "params": spec.params()}
+    meta = {"format": SLIM_FORMAT, "spec": spec.to_dict(), "source": src, "params": spec.params(),
+            "checksums": CHECKSUMS_FILE}  # says that a missing checksums file is damage, not an old folder
     pruning = {"record": rec, "configs": {k: _as_dict(v) for k, v in (configs or {}).items()}}
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    with output_dir(out, "model", force=force, inputs=protected) as tmp:
         _write_folder(tmp, model, processor, meta, pruning)
-        _replace(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     return out
 
 
@@ -146,16 +143,6 @@ def _default_source(loaded: LoadedModel | None) -> dict:
             "path": str(loaded.path) if loaded.path else None}  # fmt: skip
 
 
-def _replace(tmp: Path, out: Path) -> None:
-    if out.exists():  # _check_target allowed it: an empty folder or a slimwhisper folder with force
-        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-        os.rename(out, old / out.name)
-        os.rename(tmp, out)
-        shutil.rmtree(old)
-    else:
-        os.rename(tmp, out)
-
-
 # ---- load -----------------------------------------------------------------------------------------
 
 
@@ -164,13 +151,46 @@ def _read_json(path: Path) -> dict:
         return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
         raise ModelLoadError(f"{path.parent} is not a complete slimwhisper folder: {path.name} is missing") from exc
-    except json.JSONDecodeError as exc:
-        raise ModelLoadError(f"{path} is not valid JSON ({exc}); the folder is damaged, save it again") from exc
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ModelLoadError(f"{path} is not valid JSON ({exc}); the folder is damaged: {RECREATE}") from exc
+
+
+def _verify(path: Path) -> dict[str, str] | None:
+    """Check every file listed in ``checksums.json``; its recorded sums, or None if it has none."""
+    sums_path = path / CHECKSUMS_FILE
+    if not sums_path.is_file():
+        return None
+    record = _read_json(sums_path)
+    sums = record.get("sha256") if isinstance(record, dict) else None
+    if not isinstance(sums, dict):
+        raise ModelLoadError(f"{sums_path} has no 'sha256' table; the folder is damaged: {RECREATE}")
+    damaged = []
+    for name, digest in sums.items():
+        f = path / name
+        if not f.is_file():
+            damaged.append(f"{name} is missing")
+        elif sha256_of(file_chunks([f])) != digest:
+            damaged.append(f"{name} differs from the sha256 recorded when it was saved")
+    if damaged:
+        raise ModelLoadError(f"pruned folder {path} is damaged: {'; '.join(damaged)}; {RECREATE}")
+    return sums
+
+
+def _read_weights(path: Path):
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path / WEIGHTS_FILE))
+    except FileNotFoundError as exc:
+        raise ModelLoadError(f"{path} is not a complete slimwhisper folder: {WEIGHTS_FILE} is missing; {RECREATE}") from exc
+    except (SafetensorError, OSError) as exc:  # e.g. a truncated copy of an old, unchecksummed folder
+        raise ModelLoadError(f"{path / WEIGHTS_FILE} cannot be read ({str(exc)[:120]}); the file is damaged or "
+                             f"truncated: {RECREATE}") from exc
 
 
 def _build(path: Path, meta: dict, options: LoadOptions):
     import torch
-    from safetensors.torch import load_file
     from transformers import WhisperConfig
 
     from slimwhisper.models.slim import check_state_dict, model_from_spec
@@ -181,7 +201,7 @@ def _build(path: Path, meta: dict, options: LoadOptions):
         config = WhisperConfig.from_dict(_read_json(path / "config.json")["whisper_config"])
         config._attn_implementation = options.attn_implementation
         model = model_from_spec(config, spec)
-        state = load_file(str(path / WEIGHTS_FILE))
+        state = _read_weights(path)
         check_state_dict(model, state)
     except (SpecError, KeyError) as exc:
         raise ModelLoadError(f"cannot load slim folder {path}: {exc}") from exc
@@ -194,13 +214,27 @@ def _build(path: Path, meta: dict, options: LoadOptions):
 
 def load_slim(path: str | Path, options: LoadOptions | None = None) -> LoadedModel:
     """Rebuild a slim folder with exactly its saved per-layer shapes; float32, eval mode."""
-    from transformers import GenerationConfig, WhisperFeatureExtractor, WhisperProcessor, WhisperTokenizer
+    from transformers import (
+        GenerationConfig,
+        WhisperFeatureExtractor,
+        WhisperProcessor,
+        WhisperTokenizer,
+    )
 
-    from slimwhisper.models.sources import PROCESSOR_FILES, _loaded, bundled_processor_for_vocab
+    from slimwhisper.models.hf_folder import (
+        PROCESSOR_FILES,
+        bundled_processor_for_vocab,
+        make_loaded,
+    )
 
     options = options or LoadOptions()
     p = Path(path)
+    sums = _verify(p)  # first: a damaged file is named as such, not as whatever it breaks later
     meta = _read_json(p / META_FILE)
+    if not isinstance(meta, dict):
+        raise ModelLoadError(f"{p / META_FILE} is not a JSON object; the folder is damaged: {RECREATE}")
+    if sums is None and meta.get("checksums"):
+        raise ModelLoadError(f"pruned folder {p} is damaged: {meta['checksums']} is missing; {RECREATE}")
     if meta.get("format") != SLIM_FORMAT:
         raise ModelLoadError(f"{p}: slimwhisper folder format {meta.get('format')!r}; this version reads {SLIM_FORMAT}")
     model = _build(p, meta, options)
@@ -217,10 +251,11 @@ def load_slim(path: str | Path, options: LoadOptions | None = None) -> LoadedMod
     pruning = _read_json(p / "pruning.json") if (p / "pruning.json").is_file() else {"record": None, "configs": {}}
     extra["pruning"] = pruning
     model.slim_record = pruning.get("record")  # a dict: compress.surgery turns it back into a PruneRecord
-    sha = sha256_of(file_chunks([p / WEIGHTS_FILE]))
-    return _loaded(model, processor, path=p, source=str(path), kind="slim", name=p.resolve().name, sha256=sha, extra=extra)
+    sha = sums.get(WEIGHTS_FILE) if sums else None
+    sha = sha or sha256_of(file_chunks([p / WEIGHTS_FILE]))
+    return make_loaded(model, processor, path=p, source=str(path), kind="slim", name=p.resolve().name, sha256=sha, extra=extra)
 
 
-SLIM_KIND = register_source(
-    SourceKind("slim", is_slim_dir, load_slim, "a pruned slimwhisper folder (with slimwhisper.json)")
-)
+# Before "transformers" (30): a slim folder also has config.json and weights.
+SLIM_KIND = SourceKind("slim", is_slim_dir, load_slim, "a pruned slimwhisper folder (with slimwhisper.json)",
+                       priority=20)

@@ -1,4 +1,6 @@
-"""The built-in source kinds: bundled names, transformers folders, CTranslate2 folders, openai .pt, hub ids.
+"""The built-in source kinds: bundled names, transformers folders, CTranslate2 folders, hub ids.
+
+(openai ``.pt`` checkpoints: ``openai_pt``; pruned folders: ``slimdir``; both register beside these.)
 
 Each kind is a ``SourceKind`` (detect + load). Heavy libraries (torch, transformers) are imported
 inside the load functions so that ``import slimwhisper.models`` stays cheap for the CLI.
@@ -16,96 +18,14 @@ from urllib.parse import urlparse
 from slimwhisper.models.api import LoadedModel, LoadOptions, ModelLoadError, SourceKind
 from slimwhisper.models.bundled import BUNDLED, TOKENIZER_FOR_VOCAB
 from slimwhisper.models.cache import DONE_MARKER, converted_dir, file_chunks, sha256_of
+from slimwhisper.models.hf_folder import (
+    WEIGHT_FILES,
+    load_transformers_folder,
+    make_loaded,
+    to_device,
+)
 
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
-PROCESSOR_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json")
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
-
-
-# ---- loading a transformers folder (shared by every kind that converts) ---------------------------
-def load_transformers_folder(
-    path: Path, options: LoadOptions, *, source: str, kind: str, name: str | None = None,
-    sha256: str | None = None, extra: dict | None = None,
-) -> LoadedModel:
-    """Load a Whisper folder in float32 with the requested attention and device.
-
-    Refuses missing, unexpected or mis-shaped weights: transformers would only warn and leave
-    random values in place, which looks like a working but useless model.
-    """
-    import torch
-    from transformers import WhisperForConditionalGeneration, WhisperProcessor
-
-    try:
-        model, info = WhisperForConditionalGeneration.from_pretrained(
-            path, dtype=torch.float32, attn_implementation=options.attn_implementation, output_loading_info=True
-        )
-    except (OSError, ValueError, RuntimeError) as exc:
-        raise ModelLoadError(f"cannot load the Whisper weights in {path}: {str(exc)[:600]}") from exc
-    problems = [f"{what}: {sorted(names)[:8]}" for what, names in (
-        ("missing weights", info.get("missing_keys")),
-        ("unexpected weights", info.get("unexpected_keys")),
-        ("mis-shaped weights", info.get("mismatched_keys")),
-    ) if names]
-    if problems:
-        raise ModelLoadError(
-            f"{path} does not hold a complete Whisper matching its config.json ({'; '.join(problems)}); "
-            "if it is a pruned model, load it from its slimwhisper folder (with spec.json)"
-        )
-    model = _to_device(model, options.device)
-    extra = dict(extra or {})
-    if any((path / f).exists() for f in PROCESSOR_FILES):
-        processor = WhisperProcessor.from_pretrained(path)
-    else:
-        processor = bundled_processor_for_vocab(model.config.vocab_size, model.config.num_mel_bins, extra)
-    if not (path / "generation_config.json").exists():
-        model.generation_config = _default_generation_config(model.config, processor.tokenizer)
-    return _loaded(model, processor, path=path, source=source, kind=kind, name=name or path.name,
-                   sha256=sha256, extra=extra)
-
-
-def _default_generation_config(config, tokenizer):
-    """Whisper generation settings for a folder without generation_config.json (suppress lists
-    from the bundled model with the same vocabulary; no alignment heads: they are per checkpoint)."""
-    from slimwhisper.models.convert import generation_config_for
-
-    donor = TOKENIZER_FOR_VOCAB.get(config.vocab_size)
-    donor_config = BUNDLED[donor].ct2_config() if donor else {}
-    return generation_config_for(config, tokenizer, {**donor_config, "alignment_heads": []})
-
-
-def _to_device(model, device: str):
-    import torch
-
-    try:
-        return model.to(torch.device(device)).eval()
-    except (RuntimeError, AssertionError) as exc:  # e.g. "Torch not compiled with CUDA enabled"
-        raise ModelLoadError(f"cannot move the model to device {device!r}: {exc}; use device='cpu'") from exc
-
-
-def _loaded(model, processor, *, path, source, kind, name, sha256, extra) -> LoadedModel:
-    from slimwhisper.models.slim import spec_from_model
-
-    gen = model.generation_config
-    multilingual = bool(getattr(gen, "is_multilingual", model.config.vocab_size >= 51865))
-    extra.setdefault("alignment_heads", getattr(gen, "alignment_heads", None))
-    return LoadedModel(
-        model=model, processor=processor, spec=spec_from_model(model), name=name, source=source, kind=kind,
-        multilingual=multilingual, path=path, sha256=sha256, extra=extra,
-    )
-
-
-def bundled_processor_for_vocab(vocab: int, n_mels: int, extra: dict):
-    """Borrow the bundled tokenizer whose vocabulary size matches (recorded in ``extra``)."""
-    from slimwhisper.models.convert import build_processor
-
-    donor = TOKENIZER_FOR_VOCAB.get(vocab)
-    if donor is None:
-        raise ModelLoadError(
-            f"no tokenizer beside the weights and no bundled tokenizer for vocabulary size {vocab} "
-            f"(bundled: {TOKENIZER_FOR_VOCAB}); put tokenizer.json next to the weights"
-        )
-    extra["tokenizer_from"] = f"bundled {donor} (vocabulary size {vocab}); no tokenizer was found beside the weights"
-    return build_processor(BUNDLED[donor].tokenizer_json(), n_mels)
 
 
 # ---- CTranslate2 (bundled or a folder) -----------------------------------------------------------
@@ -115,8 +35,8 @@ def _convert_once(
     """Convert unless a finished conversion (with its done-marker) is already cached."""
     if (out_dir / DONE_MARKER).exists():
         return
-    from slimwhisper.models.ct2 import CT2FormatError, read_ct2
     from slimwhisper.models.convert import convert_ct2
+    from slimwhisper.models.ct2 import CT2FormatError, read_ct2
 
     try:
         ct2 = read_ct2(read_bytes(), label=record.get("model_bin"))
@@ -237,16 +157,6 @@ def load_hf_dir(source: str, options: LoadOptions) -> LoadedModel:
     return load_transformers_folder(p, options, source=source, kind="transformers", name=p.resolve().name, sha256=sha)
 
 
-def _is_pt(source: str) -> bool:
-    return source.endswith(".pt") and Path(source).is_file()
-
-
-def load_pt(source: str, options: LoadOptions) -> LoadedModel:
-    from slimwhisper.models.openai_pt import load_openai_checkpoint
-
-    return load_openai_checkpoint(Path(source), options)
-
-
 def _is_hub_id(source: str) -> bool:
     return bool(HUB_ID.fullmatch(source)) and not Path(source).exists()
 
@@ -285,17 +195,17 @@ def load_hub(source: str, options: LoadOptions) -> LoadedModel:
             f"{str(exc).splitlines()[0][:160]}). No local folder {source!r} exists either. "
             f"Pass a local folder or a bundled name ({', '.join(BUNDLED)})."
         ) from exc
-    model = _to_device(model, options.device)
-    return _loaded(model, processor, path=None, source=source, kind="hub", name=source.split("/")[-1],
+    model = to_device(model, options.device)
+    return make_loaded(model, processor, path=None, source=source, kind="hub", name=source.split("/")[-1],
                    sha256=None, extra={})
 
 
-BUNDLED_KIND = SourceKind("bundled", lambda s: s in BUNDLED, load_bundled,
-                          f"a bundled model name: {', '.join(BUNDLED)} (offline)")
-LATER_KINDS = (
+KINDS = (
+    SourceKind("bundled", lambda s: s in BUNDLED, load_bundled, f"a bundled model name: {', '.join(BUNDLED)} (offline)",
+               priority=10),
     SourceKind("transformers", _is_hf_dir, load_hf_dir,
-               "a local transformers Whisper folder (config.json with model_type whisper + weights)"),
-    SourceKind("ct2", _is_ct2_dir, load_ct2_dir, "a local CTranslate2 folder (model.bin + config.json)"),
-    SourceKind("openai-pt", _is_pt, load_pt, "an openai-whisper checkpoint file (*.pt)"),
-    SourceKind("hub", _is_hub_id, load_hub, "a Hugging Face hub id org/name (needs network)"),
+               "a local transformers Whisper folder (config.json with model_type whisper + weights)", priority=30),
+    SourceKind("ct2", _is_ct2_dir, load_ct2_dir, "a local CTranslate2 folder (model.bin + config.json)", priority=40),
+    # Last: only an "org/name" that is not a local path, and the only kind that may need the network.
+    SourceKind("hub", _is_hub_id, load_hub, "a Hugging Face hub id org/name (needs network)", priority=90),
 )

@@ -5,6 +5,7 @@ Imports only numpy, onnxruntime and the standard library: this folder is what sh
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -14,8 +15,30 @@ from pathlib import Path
 
 import numpy as np
 
-from slimwhisper.runtime.decode import CacheLayout, DecodeOptions, GreedyDecoder
-from slimwhisper.runtime.frontend import SAMPLE_RATE, check_audio, log_mel, resample, windows
+from slimwhisper.errors import UserError, check_positive_int
+from slimwhisper.runtime.decode import (
+    CacheLayout,
+    DecodeOptions,
+    OnnxWhisper,
+    forced_language,
+)
+from slimwhisper.runtime.engine import Specials
+from slimwhisper.runtime.filters import unique
+from slimwhisper.runtime.frontend import (
+    N_SAMPLES,
+    SAMPLE_RATE,
+    check_audio,
+    log_mel,
+    resample,
+)
+from slimwhisper.runtime.longform import (
+    ArraySource,
+    AudioSource,
+    LongForm,
+    Segment,
+    transcribe_batch,
+    transcribe_long,
+)
 from slimwhisper.runtime.tokenizer import TokenDecoder
 
 FORMAT = "slimwhisper-bundle"
@@ -23,8 +46,65 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 
 
-class BundleError(RuntimeError):
+class BundleError(UserError, RuntimeError):
     """A bundle is missing, altered, of an unknown version, or cannot run here; says what to do."""
+
+
+# What the runtime reads from a manifest, as (dotted key, type). Checked before use, so a
+# hand-edited or truncated manifest is one BundleError naming the key, not a KeyError traceback.
+_STR, _INT, _DICT, _LIST = (str,), (int,), (dict,), (list,)
+REQUIRED = (
+    ("files", _DICT), ("variants", _DICT), ("default_variant", _STR),
+    ("model", _DICT), ("model.name", _STR), ("model.multilingual", (bool,)),
+    ("spec", _DICT), ("spec.n_text_ctx", _INT), ("spec.decoder", _LIST),
+    ("tokenizer", _DICT), ("tokenizer.file", _STR), ("tokenizer.sot", _INT), ("tokenizer.eot", _INT),
+    ("tokenizer.no_timestamps", _INT), ("audio", _DICT), ("audio.mel_filters", _STR),
+    ("decode", _DICT), ("decode.suppress_tokens", _LIST), ("decode.begin_suppress_tokens", _LIST),
+)  # fmt: skip
+_TYPE_NAMES = {str: "a string", int: "an integer", bool: "true/false", dict: "an object", list: "a list"}
+
+
+_MISSING = object()
+
+
+def _lookup(manifest: dict, key: str):
+    node = manifest
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return _MISSING
+        node = node[part]
+    return node
+
+
+def manifest_problems(manifest: object) -> list[str]:
+    """Every missing or mistyped key the runtime needs (empty for a complete manifest)."""
+    if not isinstance(manifest, dict):
+        return [f"the manifest is a JSON {type(manifest).__name__}, not an object"]
+    problems = []
+    for key, types in REQUIRED:
+        value = _lookup(manifest, key)
+        if value is _MISSING:
+            if "." not in key or _lookup(manifest, key.rsplit(".", 1)[0]) is not _MISSING:
+                problems.append(f"missing key {key!r}")  # a missing parent is reported once
+        elif not isinstance(value, types) or (types == _INT and isinstance(value, bool)):
+            problems.append(f"{key!r} must be {_TYPE_NAMES[types[0]]}, got {type(value).__name__}")
+    if not problems:
+        problems += _nested_problems(manifest)
+    return problems
+
+
+def _nested_problems(m: dict) -> list[str]:
+    problems = [f"files[{k!r}] must be a sha256 string" for k, v in m["files"].items() if not isinstance(v, str)]
+    for name, parts in m["variants"].items():
+        if not (isinstance(parts, dict) and all(isinstance(parts.get(p), str) for p in ("encoder", "decoder"))):
+            problems.append(f"variants[{name!r}] must name an 'encoder' and a 'decoder' file")
+    for i, layer in enumerate(m["spec"]["decoder"]):
+        attn = layer.get("self_attn") if isinstance(layer, dict) else None
+        if not (isinstance(attn, dict) and all(isinstance(attn.get(k), int) for k in ("heads", "qk_dim", "vo_dim"))):
+            problems.append(f"spec.decoder[{i}].self_attn must give integer heads, qk_dim and vo_dim")
+    if m["model"]["multilingual"] and not isinstance(m["tokenizer"].get("languages"), dict):
+        problems.append("a multilingual model needs 'tokenizer.languages' (code -> token id)")
+    return problems
 
 
 @dataclass
@@ -36,9 +116,9 @@ class Transcript:
     encoder_s: float  # seconds spent in the encoder graph (all windows)
     total_s: float  # front-end + encoder + decoder + detokenisation
     windows: int  # 30 s windows decoded
-    window_texts: list[str] = field(default_factory=list)
+    segments: list[Segment] = field(default_factory=list)
     language: str | None = None
-    extra: dict = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)  # variant, decoding, fallbacks, silent windows
 
 
 def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
@@ -57,16 +137,21 @@ def read_manifest(bundle_dir: str | Path, *, verify: bool = True) -> dict:
         raise BundleError(f"{root} is not a slimwhisper bundle (no {MANIFEST}); create one with `slimwhisper export`")
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise BundleError(f"{path} is not valid JSON ({exc}); re-export the bundle") from exc
-    if manifest.get("format") != FORMAT:
-        raise BundleError(f"{path}: format is {manifest.get('format')!r}, expected {FORMAT!r}")
+    fmt = manifest.get("format") if isinstance(manifest, dict) else None
+    if fmt != FORMAT:
+        raise BundleError(f"{path}: format is {fmt!r}, expected {FORMAT!r}; this is not a slimwhisper bundle manifest")
     version = manifest.get("format_version")
     if version != FORMAT_VERSION:
         raise BundleError(
             f"{path}: bundle format_version {version!r} is not supported by this runtime (reads {FORMAT_VERSION}); "
             "re-export the bundle with this slimwhisper version or upgrade the runtime"
         )
+    problems = manifest_problems(manifest)
+    if problems:
+        raise BundleError(f"{path} is incomplete or damaged: {'; '.join(problems)}; re-export the bundle "
+                          "with `slimwhisper export`")
     if verify:
         problems = []
         for name, digest in manifest["files"].items():
@@ -103,12 +188,27 @@ def _session(path: Path, threads: int | None, providers: list[str] | None, low_m
     return ort.InferenceSession(str(path), sess_options=opts, providers=wanted)
 
 
+def specials_from_manifest(m: dict) -> Specials:
+    """The token ids and suppression lists of the engine, as the export wrote them."""
+    tok, d = m["tokenizer"], m["decode"]
+    return Specials(sot=tok["sot"], eot=tok["eot"], no_timestamps=tok["no_timestamps"],
+                    timestamp_begin=tok.get("timestamp_begin"), sot_prev=tok.get("sot_prev"),
+                    no_speech=tok.get("no_speech"), suppress=unique(d["suppress_tokens"]),
+                    begin_suppress=unique(d["begin_suppress_tokens"]),
+                    specials=unique([tok["sot"], tok.get("sot_prev"), tok.get("transcribe"), tok.get("translate"),
+                                     tok.get("no_speech")]))
+
+
 class BundleTranscriber:
     """Transcribe 16 kHz mono numpy audio with a bundle; torch is never imported."""
 
     def __init__(self, bundle_dir: str | Path, threads: int | None = None, providers: list[str] | None = None,
                  *, variant: str | None = None, options: DecodeOptions | None = None, verify: bool = True,
                  low_memory: bool = False):
+        problems: list[str] = []
+        check_positive_int(problems, "threads", threads, allow_none=True)
+        if problems:  # onnxruntime would take 0 as "its default" and fail on -1 only later
+            raise BundleError(problems[0])
         self.root = Path(bundle_dir)
         self.manifest = m = read_manifest(self.root, verify=verify)
         self.variant = variant or m["default_variant"]
@@ -118,53 +218,93 @@ class BundleTranscriber:
         self.options = options or DecodeOptions()
         tok = m["tokenizer"]
         self.tokens = tok
+        self.specials = specials_from_manifest(m)
+        if self.options.engine.timestamps and self.specials.timestamp_begin is None:
+            raise BundleError(f"{self.root}: this bundle's tokenizer has no timestamp tokens; decode without timestamps")
         self.mel_filters = np.load(self.root / m["audio"]["mel_filters"])
         self.text = TokenDecoder(self.root / tok["file"], first_special=tok["eot"])
         enc = _session(self.root / files["encoder"], threads, providers, low_memory)
         dec = _session(self.root / files["decoder"], threads, providers, low_memory)
-        d = m["decode"]
-        self.decoder = GreedyDecoder(enc, dec, CacheLayout.from_spec(m["spec"]), eot=tok["eot"],
-                                     suppress=d["suppress_tokens"], begin_suppress=d["begin_suppress_tokens"],
-                                     n_text_ctx=m["spec"]["n_text_ctx"])
+        self.model = OnnxWhisper(enc, dec, CacheLayout.from_spec(m["spec"]), n_text_ctx=m["spec"]["n_text_ctx"])
         self.multilingual = bool(m["model"]["multilingual"])
         self.name = f"{m['model']['name']}[{self.variant}]"  # the Transcriber protocol's name
 
+    @property
+    def decoder(self) -> OnnxWhisper:
+        """The old name of ``model`` (``experiments/runtime_vs_faster_whisper.py`` swaps its sessions)."""
+        return self.model
+
+    def with_options(self, options: DecodeOptions) -> BundleTranscriber:
+        """The same sessions decoding with other ``options`` (nothing is loaded again)."""
+        other = copy.copy(self)
+        other.options = options
+        return other
+
+    def with_config(self, config) -> BundleTranscriber:
+        """``with_options`` from a ``slimwhisper.transcribe.DecodeConfig`` (duck-typed: no import)."""
+        return self.with_options(DecodeOptions(max_new_tokens=config.max_new_tokens, language=self.options.language,
+                                               task=self.options.task, decoding=config.engine()))
+
     # ---- prompt -------------------------------------------------------------------------------
     def prompt(self, language: str | None) -> list[int]:
+        """The sot sequence (without <|notimestamps|>, which the engine adds when asked)."""
         tok = self.tokens
         if not self.multilingual:
-            return [tok["sot"], tok["no_timestamps"]]
+            return [tok["sot"]]
+        language = forced_language(language, True)  # None: English, the rule of every backend
         if language not in tok["languages"]:
             raise BundleError(f"language {language!r} is not one of this model's {len(tok['languages'])} languages")
-        return [tok["sot"], tok["languages"][language], tok[self.options.task], tok["no_timestamps"]]
+        return [tok["sot"], tok["languages"][language], tok[self.options.task]]
 
     def features(self, audio: np.ndarray) -> np.ndarray:
         return log_mel(audio, self.mel_filters)[None]
 
+    def detok(self, ids: list[int]) -> str:
+        return self.text.decode(ids)
+
     # ---- public API ---------------------------------------------------------------------------
-    def transcribe(self, audio: np.ndarray, sr: int = SAMPLE_RATE) -> Transcript:
-        """Greedy, no timestamps; audio longer than 30 s is cut into consecutive 30 s windows
-        (no timestamp-based seeking, so a word on a window edge may be split)."""
+    def transcribe(self, audio: np.ndarray, sr: int = SAMPLE_RATE, *, where: str = "audio") -> Transcript:
+        """Audio of any length: openai/whisper's seeking over 30 s windows (``runtime.longform``),
+        with the options' search, timestamps, fallback and no-speech rule. ``where`` names the
+        audio in an ``AudioError`` (e.g. its file)."""
+        return self.transcribe_source(ArraySource(resample(check_audio(audio, where), sr)), where=where)
+
+    def transcribe_source(self, source: AudioSource, *, where: str = "audio") -> Transcript:
+        """Like ``transcribe`` for audio read window by window (a long file: memory stays flat)."""
         t0 = time.perf_counter()
-        audio = resample(check_audio(audio), sr)
-        tokens: list[int] = []
-        texts: list[str] = []
-        encoder_s, language = 0.0, self.options.language or "en"
-        chunks = windows(audio)
-        for chunk in chunks:
-            feats = self.features(chunk)
-            t1 = time.perf_counter()
-            cross = self.decoder.encode(feats)
-            encoder_s += time.perf_counter() - t1
-            if self.multilingual and self.options.language == "auto":
-                language = self.decoder.detect_language(cross, self.tokens["sot"], self.tokens["languages"])
-            trace = self.decoder.greedy(cross, self.prompt(language), self.options.max_new_tokens)
-            tokens += [t for t in trace.tokens if t < self.tokens["eot"]]  # text tokens only
-            texts.append(self.text.decode(trace.tokens).strip())
-        text = " ".join(t for t in texts if t)
-        return Transcript(text, tokens, encoder_s, time.perf_counter() - t0, len(chunks), texts,
-                          language if self.multilingual else None,
-                          {"variant": self.variant})
+        language = self._language(source)
+        long = transcribe_long(self.model, source, lambda a: log_mel(a, self.mel_filters), self.prompt(language),
+                               self.specials, self.options.engine, self.detok, where)
+        return self._transcript(long, time.perf_counter() - t0, language)
+
+    def transcribe_batch(self, audios: list[np.ndarray], *, where: list[str] | None = None) -> list[Transcript]:
+        """Several clips of up to 30 s through the encoder and the decoder at once (one prompt, no
+        previous text: faster-whisper's batched pipeline); longer clips go through ``transcribe``."""
+        where = where or [f"audio[{i}]" for i in range(len(audios))]
+        clips = [check_audio(a, w) for a, w in zip(audios, where)]
+        out = {i: self.transcribe(c, where=w) for i, (c, w) in enumerate(zip(clips, where)) if c.size > N_SAMPLES}
+        short = [i for i in range(len(clips)) if i not in out]
+        if short:
+            t0 = time.perf_counter()
+            language = forced_language(self.options.language, self.multilingual)
+            longs = transcribe_batch(self.model, [clips[i] for i in short], lambda a: log_mel(a, self.mel_filters),
+                                     self.prompt(language), self.specials, self.options.engine, self.detok)
+            each = (time.perf_counter() - t0) / len(short)
+            out.update({i: self._transcript(long, each, language) for i, long in zip(short, longs)})
+        return [out[i] for i in range(len(clips))]
+
+    def _language(self, source: AudioSource) -> str | None:
+        language = forced_language(self.options.language, self.multilingual)
+        if self.multilingual and self.options.language == "auto":  # from the first window
+            cross = self.model.encode(self.features(source.read(0, N_SAMPLES)))
+            language = self.model.detect_language(cross, self.tokens["sot"], self.tokens["languages"])
+        return language
+
+    def _transcript(self, long: LongForm, total_s: float, language: str | None) -> Transcript:
+        extra = {"variant": self.variant, "decoding": self.options.engine.describe(), "fallbacks": long.fallbacks,
+                 "silent_windows": long.skipped_silent}
+        return Transcript(long.text, long.tokens, long.encoder_s, total_s, long.windows, long.segments,
+                          language if self.multilingual else None, extra)
 
     def transcribe_file(self, path: str | os.PathLike) -> Transcript:
         """Read a WAV file with the standard library (other formats: decode to numpy yourself)."""
@@ -175,4 +315,4 @@ class BundleTranscriber:
                 raise BundleError(f"{path}: only 16-bit PCM WAV is read without extra packages")
             raw = np.frombuffer(w.readframes(w.getnframes()), dtype=np.int16)
             audio = raw.reshape(-1, w.getnchannels()).astype(np.float32).mean(axis=1) / 32768.0
-            return self.transcribe(audio, w.getframerate())
+            return self.transcribe(audio, w.getframerate(), where=str(path))

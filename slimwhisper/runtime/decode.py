@@ -1,4 +1,4 @@
-"""Greedy decoding with a per-layer KV cache over the bundle's two ONNX graphs.
+"""The bundle's two ONNX graphs as a ``StepModel`` for the decoding engine (``runtime.engine``).
 
 The encoder graph gives each decoder layer's cross-attention K/V once per 30 s window; the decoder
 graph takes the growing self-attention cache (``past_k.i``/``past_v.i``) and returns it extended
@@ -8,21 +8,45 @@ each layer is shaped from the manifest's per-layer spec, never from one head cou
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 
 import numpy as np
+
+from slimwhisper.errors import UserError, raise_problems
+from slimwhisper.runtime.engine import DecodingOptions
+
+# Multilingual models decode English unless told otherwise: forced, not detected, because
+# language detection on short clips fails in ways that have nothing to do with model size and
+# would make the torch and bundle backends (and dense vs pruned) incomparable.
+DEFAULT_LANGUAGE = "en"
+
+
+def forced_language(language: str | None, multilingual: bool) -> str | None:
+    """The language a model is prompted with: ``language`` or English for a multilingual model
+    (``"auto"`` is passed through: the runtime detects it); ``None`` for an English-only one,
+    which takes no language token. The one definition, used by the runtime and ``transcribe``."""
+    if not multilingual:
+        return None
+    return language or DEFAULT_LANGUAGE
+
+
+class DecodeOptionsError(UserError, ValueError):
+    """A runtime decoding option is out of range; the message lists each problem."""
 
 
 @dataclass(frozen=True)
 class DecodeOptions:
-    """Greedy decoding settings; token ids come from the bundle manifest."""
+    """What the bundle runtime decodes: prompt (language, task) and the engine's ``decoding``
+    options (default: plain greedy without timestamps, fallback or no-speech rule; ``max_new_tokens``
+    and ``suppress_blank`` override the engine's ``sample_len`` / ``suppress_blank``)."""
 
     max_new_tokens: int = 224  # openai/whisper's sample_len = n_text_ctx // 2
-    # Multilingual models: None means "en" (as slimwhisper.transcribe.DecodeConfig: forced, not
-    # detected), "auto" detects it per window from the first decoder step. English-only: ignored.
+    # Multilingual models: None means DEFAULT_LANGUAGE (see ``forced_language``), "auto" detects
+    # it per window from the first decoder step. English-only: ignored.
     language: str | None = None
     task: str = "transcribe"  # or "translate" (multilingual only)
     suppress_blank: bool = True  # apply begin_suppress_tokens at the first generated position
+    decoding: DecodingOptions | None = None
 
     def __post_init__(self) -> None:
         problems = []
@@ -30,8 +54,13 @@ class DecodeOptions:
             problems.append(f"max_new_tokens must be a positive int, got {self.max_new_tokens!r}")
         if self.task not in ("transcribe", "translate"):
             problems.append(f"task must be 'transcribe' or 'translate', got {self.task!r}")
-        if problems:
-            raise ValueError("invalid DecodeOptions: " + "; ".join(problems))
+        raise_problems(DecodeOptionsError, "invalid DecodeOptions", problems)
+
+    @property
+    def engine(self) -> DecodingOptions:
+        # the default matches slimwhisper.transcribe.DecodeConfig(): plain greedy, no rules on top
+        base = self.decoding or DecodingOptions(fallback=False, no_speech_threshold=None, silence_dbfs=None)
+        return replace(base, sample_len=self.max_new_tokens, suppress_blank=self.suppress_blank)
 
 
 @dataclass
@@ -53,23 +82,12 @@ class CacheLayout:
         return out
 
 
-@dataclass
-class StepTrace:
-    """What a decode produced: tokens (prompt excluded) and, if asked, each step's last logits."""
+class OnnxWhisper:
+    """``StepModel`` over the encoder graph (cross K/V per decoder layer, once per window) and the
+    decoder graph (growing self-attention cache ``past_*`` -> ``present_*``)."""
 
-    tokens: list[int] = field(default_factory=list)
-    logits: list[np.ndarray] = field(default_factory=list)
-
-
-class GreedyDecoder:
-    """Runs the encoder once per window, then the decoder token by token."""
-
-    def __init__(self, encoder, decoder, layout: CacheLayout, *, eot: int, suppress: list[int],
-                 begin_suppress: list[int], n_text_ctx: int):
+    def __init__(self, encoder, decoder, layout: CacheLayout, *, n_text_ctx: int):
         self.encoder, self.decoder, self.layout = encoder, decoder, layout
-        self.eot = eot
-        self.suppress = np.asarray(sorted(set(suppress)), dtype=np.int64)
-        self.begin_suppress = np.asarray(sorted(set(begin_suppress)), dtype=np.int64)
         self.n_text_ctx = n_text_ctx
         self.dtype = np.float16 if "float16" in encoder.get_inputs()[0].type else np.float32
         self.cross_names = [o.name for o in encoder.get_outputs()[1:]]
@@ -80,45 +98,36 @@ class GreedyDecoder:
         outs = self.encoder.run(self.cross_names, {"input_features": features.astype(self.dtype)})
         return dict(zip(self.cross_names, outs))
 
+    def repeat(self, audio: dict, index: np.ndarray) -> dict:
+        return {k: v[index] for k, v in audio.items()}
+
+    def empty_cache(self, rows: int) -> dict:
+        return self.layout.empty(rows, self.dtype)
+
     def step(self, ids: np.ndarray, past: dict, cross: dict) -> tuple[np.ndarray, dict]:
         feeds = {"input_ids": ids.astype(np.int64), **past, **cross}
         logits, *present = self.decoder.run(None, feeds)
         past = {name.replace("present", "past"): value for name, value in zip(self.present_names, present)}
         return logits, past
 
-    def _pick(self, logits: np.ndarray, first: bool) -> int:
-        row = logits.astype(np.float32)  # copy: the filters below must not touch the session's buffer
-        if self.suppress.size:
-            row[self.suppress] = -np.inf
-        if first and self.begin_suppress.size:
-            row[self.begin_suppress] = -np.inf
-        return int(np.argmax(row))
-
-    def greedy(self, cross: dict, prompt: list[int], max_new_tokens: int, *, keep_logits: bool = False,
-               force: list[int] | None = None) -> StepTrace:
-        """Greedy tokens after ``prompt`` (batch 1). ``force`` feeds given tokens instead of the
-        argmax (teacher forcing, used by the parity check to compare logits along one path)."""
-        trace = StepTrace()
-        past = self.layout.empty(1, self.dtype)
-        ids = np.asarray([prompt], dtype=np.int64)
-        limit = min(max_new_tokens, self.n_text_ctx - len(prompt))
-        for t in range(limit):
-            logits, past = self.step(ids, past, cross)
-            last = logits[0, -1]
-            if keep_logits:
-                trace.logits.append(last.astype(np.float32))
-            token = force[t] if force is not None else self._pick(last, first=(t == 0))
-            if token == self.eot or (force is not None and t == len(force) - 1):
-                if token != self.eot:
-                    trace.tokens.append(token)
-                break
-            trace.tokens.append(token)
-            ids = np.asarray([[token]], dtype=np.int64)
-        return trace
+    def reorder(self, past: dict, index: np.ndarray) -> dict:
+        return {k: v[index] for k, v in past.items()}
 
     def detect_language(self, cross: dict, sot: int, language_ids: dict[str, int]) -> str:
         """Most likely language token after ``<|startoftranscript|>`` (openai/whisper detect_language)."""
-        logits, _ = self.step(np.asarray([[sot]]), self.layout.empty(1, self.dtype), cross)
+        logits, _ = self.step(np.asarray([[sot]]), self.empty_cache(1), self.repeat(cross, np.asarray([0])))
         codes = list(language_ids)
         ids = np.asarray([language_ids[c] for c in codes])
         return codes[int(np.argmax(logits[0, -1, ids]))]
+
+
+def teacher_forced_logits(model, audio, prompt: list[int], tokens: list[int]) -> list[np.ndarray]:
+    """The last-position logits (float32) of every step when ``tokens`` are fed after ``prompt``
+    (batch 1): the parity check compares two models along one path this way."""
+    out, cache, ids = [], model.empty_cache(1), np.asarray([prompt], dtype=np.int64)
+    for t in [None, *tokens][: max(1, len(tokens))]:
+        if t is not None:
+            ids = np.asarray([[t]], dtype=np.int64)
+        logits, cache = model.step(ids, cache, audio)
+        out.append(np.asarray(logits[0, -1], dtype=np.float32))
+    return out

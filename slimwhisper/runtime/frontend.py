@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from slimwhisper.errors import UserError
+
+# The one definition of Whisper's audio constants: the torch side (slimwhisper.audio, transcribe,
+# export) imports them from here, because runtime/ may not import the torch side.
 SAMPLE_RATE = 16000
 N_FFT = 400
 HOP_LENGTH = 160
@@ -17,28 +21,44 @@ N_SAMPLES = SAMPLE_RATE * CHUNK_SECONDS  # 480000
 N_FRAMES = N_SAMPLES // HOP_LENGTH  # 3000
 
 
-class AudioError(ValueError):
-    """The audio cannot be transcribed (empty, wrong shape, not finite); the message says why."""
+class AudioError(UserError, ValueError):
+    """Audio cannot be read or transcribed (unreadable file, empty, wrong shape, NaN/Inf samples).
+
+    The only audio error class: ``slimwhisper.audio`` (reading files) raises this one too, so
+    ``eval --skip-bad`` and the CLI treat a bad file the same on the torch and the bundle path.
+    """
 
 
-def check_audio(audio: np.ndarray) -> np.ndarray:
+def refuse_non_finite(audio: np.ndarray, where: str = "audio") -> None:
+    """Raise ``AudioError`` when any sample is NaN or infinite (the one rule for every backend).
+
+    Such samples do not fail in the model: they turn every feature into NaN and Whisper then
+    emits garbage ("!!!!") with a success exit, so they are refused before any decoding.
+    """
+    finite = np.isfinite(audio)
+    if not finite.all():
+        bad = int(finite.size - np.count_nonzero(finite))
+        raise AudioError(f"{where} contains {bad} NaN or infinite sample(s); re-encode or replace it")
+
+
+def check_audio(audio: np.ndarray, where: str = "audio") -> np.ndarray:
+    """Validate and normalise in-memory audio to 1-D float32; ``where`` names it in messages."""
     a = np.asarray(audio)
     if a.ndim == 2 and 1 in a.shape:
         a = a.reshape(-1)
     if a.ndim == 2:  # (samples, channels) as soundfile returns: mix down
         a = a.mean(axis=1)
     if a.ndim != 1:
-        raise AudioError(f"audio must be 1-D mono samples, got shape {a.shape}")
+        raise AudioError(f"{where} must be 1-D mono samples, got shape {a.shape}")
     if a.size == 0:
-        raise AudioError("audio is empty (0 samples); pass at least one sample of 16 kHz mono audio")
+        raise AudioError(f"{where} is empty (0 samples); pass at least one sample of 16 kHz mono audio")
     if not np.issubdtype(a.dtype, np.floating):
         if np.issubdtype(a.dtype, np.integer):  # PCM integers -> [-1, 1]
             a = a.astype(np.float32) / float(np.iinfo(a.dtype).max)
         else:
-            raise AudioError(f"audio dtype {a.dtype} is not a float or integer PCM type")
+            raise AudioError(f"{where}: dtype {a.dtype} is not a float or integer PCM type")
     a = a.astype(np.float32, copy=False)
-    if not np.all(np.isfinite(a)):
-        raise AudioError("audio contains NaN or infinite samples")
+    refuse_non_finite(a, where)
     return a
 
 

@@ -28,11 +28,12 @@ from torch import nn
 
 from slimwhisper.compress.groups import Group
 from slimwhisper.compress.scores import GroupIndex
+from slimwhisper.errors import UserError
 
 EPS = 1e-12  # inside the square root: finite (sub)gradient of ||w_g|| at w_g = 0
 
 
-class LassoError(ValueError):
+class LassoError(UserError, ValueError):
     """Bad sparse-group-lasso options; the message says what is valid."""
 
 

@@ -6,7 +6,7 @@ each variant allocate, physically remove, save a slim folder, count the paramete
 model.safetensors (tensor shapes from the header) and measure WER on ``--eval``. No fine-tuning:
 these are one-shot figures, the starting point recovery training would improve on.
 
-    python benchmarks/prune_table.py --models tiny.en base --threads 2 \\
+    python experiments/prune_table.py --models tiny.en base --threads 2 \\
         --calib ../shared/data/ljspeech/train.tsv --calib-n 32 --eval ../shared/data/ljspeech/dev.tsv
 
 Prints a Markdown table and writes JSON (rewritten after every row; ``--resume`` skips rows it has).

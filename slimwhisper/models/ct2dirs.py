@@ -1,4 +1,4 @@
-"""CTranslate2 folders of the same weights, for the faster-whisper peer backend.
+"""CTranslate2 folders of the same weights (model-cache code; the faster-whisper peer backend uses it).
 
 The bundled weight packages (``slimwhisper.models.bundled.BUNDLED``) are CTranslate2
 conversions: tiny.en is one folder; base is split over two packages and joined once into the
@@ -11,7 +11,6 @@ import json
 import shutil
 from pathlib import Path
 
-from slimwhisper.bench.targets import Target
 
 _AUX = ("config.json", "tokenizer.json", "vocabulary.txt", "vocabulary.json", "preprocessor_config.json")
 
@@ -47,8 +46,9 @@ def bundled_ct2_folder(name: str, cache: Path | None = None) -> Path | None:
     return final
 
 
-def ct2_folder_for(target: Target) -> Path | None:
-    """CTranslate2 weights of exactly this target, or None (a pruned or foreign model has none)."""
-    if target.path is not None:
-        return target.path if is_ct2_folder(target.path) else None
-    return bundled_ct2_folder(target.source)
+def ct2_folder_for(source: str, path: Path | None) -> Path | None:
+    """CTranslate2 weights of exactly this model (a folder ``path`` or a bundled name ``source``),
+    or None (a pruned or foreign model has none)."""
+    if path is not None:
+        return path if is_ct2_folder(path) else None
+    return bundled_ct2_folder(source)

@@ -1,6 +1,6 @@
 """Our torch-free bundle (fp32, int8) vs faster-whisper int8 on the SAME weights, CPU, greedy.
 
-    .venv/bin/python benchmarks/runtime_vs_faster_whisper.py --model tiny.en --threads 2
+    .venv/bin/python experiments/runtime_vs_faster_whisper.py --model tiny.en --threads 2
 
 Protocol: same clips, same process, systems alternated (A B C, A B C, ...) after one warm-up
 round, >= 5 timed repeats, median/min/max. Each system is timed through its public API on the
@@ -193,7 +193,7 @@ def main() -> None:
     ap.add_argument("--profile", action="store_true")
     args = ap.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
-    from slimwhisper.bench.ct2dirs import bundled_ct2_folder
+    from slimwhisper.models.ct2dirs import bundled_ct2_folder
 
     bundle = ensure_bundle(args.model, args.bundle or ROOT / "out" / "bench" / f"{args.model}-bundle", args.threads)
     ct2 = bundled_ct2_folder(args.model)

@@ -6,7 +6,7 @@ parameters, calibrated on ``--train``); the pruned model + finetune / + LoRA (me
 ``--train``; TSPAR (sparse-group-lasso fine-tuning of the dense model for the same steps, then
 two-pass pruning to the same budget) and TSPAR + the same finetune recovery. WER on ``--eval`` (greedy, Whisper-normalised).
 
-    python benchmarks/recovery_table.py --threads 2 --steps 40 \\
+    python experiments/recovery_table.py --threads 2 --steps 40 \\
         --train ../shared/data/ljspeech/train.tsv --eval ../shared/data/ljspeech/dev.tsv
 
 Prints a Markdown table; writes JSON after every row (``--resume`` skips rows already there).
@@ -27,11 +27,9 @@ DATA = ROOT / ".." / "shared" / "data" / "ljspeech"
 
 
 def wer(loaded, data: str, limit: int | None) -> float:
-    from slimwhisper.data import load_dataset
-    from slimwhisper.evaluate import evaluate
-    from slimwhisper.transcribe import DecodeConfig, TorchTranscriber
+    from slimwhisper.evaluate import wer_of
 
-    return evaluate(TorchTranscriber(loaded, DecodeConfig()), load_dataset(data, limit=limit), progress=False).wer
+    return wer_of(loaded, data, limit=limit)
 
 
 def main() -> None:
@@ -58,9 +56,9 @@ def main() -> None:
     from transformers.utils import logging as hf_logging
 
     from slimwhisper.compress import AllocConfig, CalibConfig, PruneConfig, ScoreConfig, prune
-    from slimwhisper.compress.recover import DEFAULT_LR, RecoverConfig, RecoverMethod, recover, save_recovered
-    from slimwhisper.compress.train import TrainConfig, prepare_examples
-    from slimwhisper.compress.tspar import TsparConfig, run_tspar
+    from slimwhisper.train.recover import DEFAULT_LR, RecoverConfig, RecoverMethod, recover, save_recovered
+    from slimwhisper.train.loop import TrainConfig, prepare_examples
+    from slimwhisper.train.tspar import TsparConfig, run_tspar
     from slimwhisper.models import load_model
 
     hf_logging.set_verbosity_error()

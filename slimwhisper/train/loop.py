@@ -1,10 +1,10 @@
-"""A small teacher-forced training loop shared by recovery fine-tuning and TSPAR's stage 1.
+"""``TrainConfig`` and the teacher-forced loop shared by recovery, distillation, TSPAR and IMP.
 
 Data and labels come from ``compress.calib`` (same prompt, same counted targets, same label-free
 pseudo-labelling), batched with ``calib.collate``: every example is a full 30 s log-mel window,
-so batches stack without further padding. AdamW (Loshchilov & Hutter 2019) with a linear decay
-of the learning rate to zero, gradient clipping, a fixed seed for the example order, and an
-optional wall-clock budget (``max_seconds``) that stops early and says so.
+so batches stack without further padding. The loop itself is ``engine.run_training`` (on
+``accelerate``: AdamW with warm-up + linear decay, gradient clipping, a data order that is a
+pure function of (seed, step), checkpoints, SIGTERM, exact ``--resume``, a wall-clock budget).
 
 What is optimised and how the loss is made are the caller's: ``train`` takes a ``loss_fn(model,
 batch) -> (loss, logs)`` and the parameters to update, and calls ``after_step`` (e.g. a proximal
@@ -14,26 +14,33 @@ operator) after every optimizer step.
 from __future__ import annotations
 
 import math
-import random
-import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
 import torch
 
-from slimwhisper.compress.calib import Batch, CalibConfig, CalibExample, batch_loss, collate, eot_id, prepare
+from slimwhisper.compress.calib import (
+    Batch,
+    CalibConfig,
+    CalibExample,
+    batch_loss,
+    collate,
+    eot_id,
+    prepare,
+)
+from slimwhisper.train.engine import (
+    TrainError,
+    TrainResult,
+    batch_indices,
+    run_training,
+)
 
 if TYPE_CHECKING:
     from slimwhisper.models.api import LoadedModel
 
 DEFAULT_STEPS = 40
 LossFn = Callable[[torch.nn.Module, Batch], tuple[torch.Tensor, dict[str, float]]]
-
-
-class TrainError(ValueError):
-    """Bad training options or data; the message lists every problem."""
 
 
 def _int_problem(name: str, value, low: int, allow_none: bool = False) -> list[str]:
@@ -65,6 +72,11 @@ class TrainConfig:
     threads: int | None = None
     grad_clip: float | None = 1.0
     label_free: bool | None = None
+    more_data: tuple[str, ...] = ()  # further training sets, drawn from together with ``data``
+    warmup: float = 0.0  # fraction of the steps with a linearly rising learning rate
+    checkpoint_every: int | None = None  # steps between checkpoints (with a checkpoint folder)
+    device: str = "cpu"  # "cpu" | "auto" (accelerate's choice: CUDA when present)
+    mixed_precision: str | None = None  # None: accelerate's setting (accelerate launch --mixed_precision) | no | bf16 | fp16
 
     def __post_init__(self) -> None:
         problems = []
@@ -87,8 +99,20 @@ class TrainConfig:
             problems.append(f"train.weight_decay must be a number >= 0, got {self.weight_decay!r}")
         if self.label_free not in (None, True, False):
             problems.append(f"train.label_free must be true, false or null, got {self.label_free!r}")
+        object.__setattr__(self, "more_data", (self.more_data,) if isinstance(self.more_data, str) else tuple(self.more_data))
+        if any(not isinstance(d, str) or not d for d in self.more_data):
+            problems.append(f"train.more_data must be dataset paths, got {list(self.more_data)!r}")
+        if isinstance(self.warmup, bool) or not isinstance(self.warmup, (int, float)) or not 0 <= self.warmup < 1:
+            problems.append(f"train.warmup must be a fraction in [0, 1), got {self.warmup!r}")
+        problems += _int_problem("checkpoint_every", self.checkpoint_every, 1, True)
+        if self.device not in ("cpu", "auto"):
+            problems.append(f"train.device must be 'cpu' or 'auto' (accelerate picks CUDA when present), got {self.device!r}")
+        if self.mixed_precision not in (None, "no", "bf16", "fp16"):
+            problems.append(f"train.mixed_precision must be no, bf16 or fp16, got {self.mixed_precision!r}")
+        elif self.mixed_precision == "fp16" and self.device == "cpu":
+            problems.append("train.mixed_precision fp16 needs a GPU (device auto under accelerate launch); on CPU use bf16 or no")
         if problems:
-            raise TrainError("invalid training config:\n  - " + "\n  - ".join(problems))
+            raise TrainError("invalid training config", problems)
 
     def total_steps(self, n_examples: int) -> int:
         if self.steps is not None:
@@ -100,23 +124,14 @@ class TrainConfig:
     def calib(self) -> CalibConfig:
         return CalibConfig(self.data, n=self.n, seed=self.seed, label_free=self.label_free)
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-@dataclass
-class TrainResult:
-    steps: int  # optimizer steps taken
-    planned_steps: int
-    losses: list[float]  # total loss per step (what was minimised)
-    logs: list[dict[str, float]] = field(default_factory=list)  # per step, e.g. {"ce": .., "kl": ..}
-    seconds: float = 0.0
-    stopped_early: bool = False  # the max_seconds budget ran out
+    @property
+    def datasets(self) -> list[str]:
+        return [self.data, *self.more_data]
 
     def to_dict(self) -> dict:
-        first, last = (self.losses[0], self.losses[-1]) if self.losses else (None, None)
-        return {"steps": self.steps, "planned_steps": self.planned_steps, "first_loss": first, "last_loss": last,
-                "seconds": round(self.seconds, 2), "stopped_early": self.stopped_early}  # fmt: skip
+        d = asdict(self)
+        d["more_data"] = list(self.more_data)
+        return d
 
 
 def prepare_examples(loaded: LoadedModel, config: TrainConfig, labeller: LoadedModel | None = None) -> list[CalibExample]:
@@ -134,83 +149,39 @@ def ce_loss(model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[st
 
 
 def batches(examples: list[CalibExample], size: int, seed: int, pad_id: int) -> Iterator[Batch]:
-    """Endless shuffled batches: a new permutation (seeded) each epoch; the last short batch kept."""
-    rng = random.Random(seed)
-    order = list(range(len(examples)))
+    """Endless batches in the engine's order (``engine.batch_indices``)."""
+    step = 0
     while True:
-        rng.shuffle(order)
-        for i in range(0, len(order), size):
-            yield collate([examples[j] for j in order[i : i + size]], pad_id)
-
-
-@contextmanager
-def _threads(n: int | None) -> Iterator[None]:
-    before = torch.get_num_threads()
-    if n is not None:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+        yield collate([examples[j] for j in batch_indices(len(examples), size, seed, step)], pad_id)
+        step += 1
 
 
 def train(
     model: torch.nn.Module,
-    examples: list[CalibExample],
+    examples,
     config: TrainConfig,
     *,
     pad_id: int,
     loss_fn: LossFn = ce_loss,
     params: list[torch.nn.Parameter] | None = None,
-    after_step: Callable[[float], None] | None = None,
+    after_step: Callable[..., None] | None = None,
     progress: bool = True,
     label: str = "train",
+    collate_fn: Callable[[list], object] | None = None,
+    checkpoint=None,
+    state_hooks=None,
+    log: Callable[[str], None] = print,
 ) -> TrainResult:
     """Train ``params`` (default: every parameter that requires grad) of ``model`` in place.
 
-    ``after_step(lr)`` runs under ``no_grad`` after each optimizer step with the step's learning
-    rate. The model is left in eval mode.
+    ``examples`` is any sequence (``CalibExample`` by default; pass ``collate_fn`` for others,
+    e.g. cached teacher items). ``after_step(lr, step)`` runs under ``no_grad`` after each
+    optimizer step. ``checkpoint`` (``checkpoint.Checkpointing``) saves / resumes. The model is
+    left in eval mode. See ``engine.run_training``.
     """
-    from slimwhisper.progress import progress_bar
-
-    if not examples:
-        raise TrainError("training needs at least 1 example, got 0")
-    params = [p for p in (params if params is not None else model.parameters()) if p.requires_grad]
-    if not params:
-        raise TrainError("no trainable parameters: every parameter has requires_grad=False")
-    torch.manual_seed(config.seed)
-    total = config.total_steps(len(examples))
-    opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: max(0.0, 1.0 - step / total))
-    result = TrainResult(0, total, [])
-    start = time.perf_counter()
-    model.train()
-    with _threads(config.threads), progress_bar(total, label, enabled=progress) as bar:
-        for _, batch in zip(range(total), batches(examples, config.batch_size, config.seed, pad_id), strict=False):
-            if config.max_seconds is not None and time.perf_counter() - start > config.max_seconds:
-                result.stopped_early = True
-                break
-            lr = sched.get_last_lr()[0]
-            opt.zero_grad(set_to_none=True)
-            loss, logs = loss_fn(model, batch)
-            if not torch.isfinite(loss):
-                raise TrainError(f"loss became {float(loss)} at step {result.steps}; lower train.lr (now {config.lr})")
-            loss.backward()
-            if config.grad_clip is not None:
-                torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
-            opt.step()
-            sched.step()
-            if after_step is not None:
-                with torch.no_grad():
-                    after_step(lr)
-            result.steps += 1
-            result.losses.append(float(loss.detach()))
-            result.logs.append(logs)
-            bar.advance(loss=f"{result.losses[-1]:.3f}")
-    model.zero_grad(set_to_none=True)
-    model.eval()
-    result.seconds = time.perf_counter() - start
-    return result
+    return run_training(model, examples, config, collate_fn=collate_fn or (lambda items: collate(items, pad_id)),
+                        loss_fn=loss_fn, params=params, after_step=after_step, progress=progress, label=label,
+                        checkpoint=checkpoint, state_hooks=state_hooks, log=log)  # fmt: skip
 
 
 def pad_id_of(loaded: LoadedModel) -> int:

@@ -1,0 +1,200 @@
+"""One-shot structured pruning with reconstruction: the table of issue 9.
+
+For each model and target (fraction of encoder+decoder LAYER parameters removed), every variant
+(score x allocation x reconstruction) is pruned with ``slimwhisper.compress.prune`` from the same
+calibration set, saved as a slim folder and measured:
+
+* parameters counted from the saved ``model.safetensors`` (tensor shapes in its header);
+* FLOPs from the spec: one 30 s window (encoder + cross-attention K/V) and one decoded token
+  (at self-attention context 32);
+* WER (Whisper's English normaliser) on ljspeech/dev (97), librispeech-clean-mini (14) and
+  speechocean762/eval.tsv (120 utterances by 24 speakers never used for calibration);
+* looping: utterances whose decoding hit the token cap (224 per window), never hidden;
+* calibration seconds: labelling + statistics + scores + allocation + re-fit (``PruneResult.seconds``).
+
+Calibration uses only ``--calib`` (default ljspeech/train.tsv, disjoint from every eval set).
+
+    .venv/bin/python experiments/oneshot_table.py --models tiny.en --targets 0.25 0.35 --threads 2
+
+Prints a Markdown table; JSON rows are rewritten after every row (``--resume`` skips rows it has).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT / ".." / "shared" / "data"
+EVALS = {
+    "ljdev": DATA / "ljspeech" / "dev.tsv",
+    "clean": DATA / "librispeech-clean-mini",
+    "so762": DATA / "speechocean762" / "eval.tsv",
+}
+CAP = 224  # DecodeConfig.max_new_tokens
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    score: str | None  # None: dense
+    threshold: str = "sensitivity"
+    method: str = "none"
+    sequential: bool = True
+
+
+VARIANTS = {
+    v.name: v
+    for v in (
+        Variant("dense", None),
+        Variant("fisher-global", "fisher", "global"),  # what `prune --score fisher --threshold global` did
+        Variant("fisher-global-lstsq", "fisher", "global", "lstsq"),
+        Variant("flap-sens-bias", "flap", "sensitivity", "bias", False),
+        Variant("wanda-sens-lstsq", "wanda", "sensitivity", "lstsq"),
+        Variant("obs-sens-lstsq-dense", "obs", "sensitivity", "lstsq", False),
+        Variant("obs-sens-lstsq", "obs", "sensitivity", "lstsq"),
+    )
+}
+
+
+def file_params(folder: Path) -> dict[str, int]:
+    import math
+
+    from safetensors import safe_open
+
+    out = {"total": 0, "layers": 0}
+    with safe_open(str(folder / "model.safetensors"), framework="pt") as f:
+        for name in f.keys():  # noqa: SIM118 (safe_open has no __iter__)
+            n = math.prod(f.get_slice(name).get_shape())
+            out["total"] += n
+            out["layers"] += n if name.startswith(("model.encoder.layers.", "model.decoder.layers.")) else 0
+    return out
+
+
+def wer_of(loaded, data: Path, limit: int | None) -> dict:
+    from slimwhisper.data import load_dataset
+    from slimwhisper.evaluate import evaluate
+    from slimwhisper.transcribe import DecodeConfig, TorchTranscriber
+
+    t0 = time.perf_counter()
+    res = evaluate(TorchTranscriber(loaded, DecodeConfig(max_new_tokens=CAP)), load_dataset(str(data), limit=limit), progress=False)
+    looping = sum(u.tokens >= CAP for u in res.utterances)
+    return {"wer": res.wer, "looping": looping, "n": res.n, "s": time.perf_counter() - t0}
+
+
+def prune_variant(model: str, v: Variant, target: float, args, out: Path):
+    from slimwhisper.compress import AllocConfig, CalibConfig, PruneConfig, ScoreConfig, prune
+    from slimwhisper.compress.reconstruct import ReconstructConfig
+    from slimwhisper.compress.sensalloc import SensAllocConfig
+    from slimwhisper.compress.stats import StatsConfig
+
+    alloc = AllocConfig(threshold=v.threshold, target_params=target, sensitivity=SensAllocConfig(n=args.sens_n))
+    config = PruneConfig(
+        model=model, out=str(out), force=True, score=ScoreConfig(v.score), alloc=alloc,
+        calib=CalibConfig(args.calib, n=args.calib_n, seed=0), reconstruct=ReconstructConfig(v.method, sequential=v.sequential),
+        stats=StatsConfig(cache_dir=args.cache, stride=args.stride),
+    )  # fmt: skip
+    return prune(config, progress=False, log=lambda m: print("   ", m.replace("\n", "\n    "), flush=True))
+
+
+def run(args, rows, save) -> None:
+    from slimwhisper.models import load_model
+    from slimwhisper.models.slimdir import save_slim
+
+    for model in args.models:
+        dense_dir = Path(args.work) / model / "dense"
+        if not (dense_dir / "model.safetensors").is_file():
+            save_slim(load_model(model), dense_dir, force=True)
+        dense_files = file_params(dense_dir)
+        for target in args.targets:
+            for name in args.variants:
+                v = VARIANTS[name]
+                t = 0.0 if v.score is None else target
+                if any(r["model"] == model and r["variant"] == name and r["target"] == t for r in rows):
+                    continue
+                if v.score is None:
+                    loaded, folder, seconds, calib_s = load_model(model), dense_dir, {}, 0.0
+                else:
+                    folder = Path(args.work) / model / f"{name}-{int(100 * target)}"
+                    print(f"[{model}] {name} @ {target:.0%}", flush=True)
+                    res = prune_variant(model, v, target, args, folder)
+                    loaded, seconds = res.loaded, res.seconds
+                    calib_s = sum(seconds.get(k, 0.0) for k in ("calibration", "score", "reconstruct"))
+                files = file_params(folder)
+                fl = loaded.spec.flops(tokens=1, context=32)
+                row = {"model": model, "variant": name, "target": t, "score": v.score, "threshold": v.threshold,
+                       "reconstruct": v.method, "sequential": v.sequential, "params_file": files["total"],
+                       "removed_pct_layers": 100 * (1 - files["layers"] / dense_files["layers"]),
+                       "removed_pct_total": 100 * (1 - files["total"] / dense_files["total"]),
+                       "gflops_window": (fl["encoder"] + fl["cross_kv"]) / 1e9, "mflops_token": fl["decoder_token"] / 1e6,
+                       "calib_s": calib_s, "seconds": seconds, "calib_n": args.calib_n}  # fmt: skip
+                for key in args.evals:
+                    row[key] = wer_of(loaded, EVALS[key], args.eval_limit)
+                rows.append(row)
+                save(rows)
+                print(f"[{model}] {name} @ {t:.0%}: " + line(row), flush=True)
+
+
+def line(r: dict) -> str:
+    wers = " ".join(f"{k} {100 * r[k]['wer']:.2f}% (loop {r[k]['looping']})" for k in EVALS if k in r)
+    return f"removed {r['removed_pct_layers']:.1f}% of layer params, {wers}, calib {r['calib_s']:.0f} s"
+
+
+def markdown(rows: list[dict]) -> str:
+    keys = [k for k in EVALS if any(k in r for r in rows)]
+    head = "| model | variant | score | alloc | re-fit | params (file) | layer params removed | GFLOPs/window | MFLOPs/token | "
+    head += " | ".join(f"WER {k} (looping)" for k in keys) + " | calib s |"
+    lines = [head, "|" + "---|" * (10 + len(keys))]
+    for r in rows:
+        refit = r["reconstruct"] + ("" if r["reconstruct"] == "none" else (" seq" if r["sequential"] else " dense-Gram"))
+        cells = [r["model"], r["variant"], r["score"] or "-", r["threshold"] if r["score"] else "-", refit if r["score"] else "-",
+                 f"{r['params_file']:,}", f"{r['removed_pct_layers']:.1f}%", f"{r['gflops_window']:.2f}", f"{r['mflops_token']:.1f}"]  # fmt: skip
+        cells += [f"{100 * r[k]['wer']:.2f}% ({r[k]['looping']}/{r[k]['n']})" if k in r else "-" for k in keys]
+        cells.append(f"{r['calib_s']:.0f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", nargs="+", default=["tiny.en"])
+    p.add_argument("--targets", nargs="+", type=float, default=[0.25, 0.35])
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    p.add_argument("--calib", default=str(DATA / "ljspeech" / "train.tsv"))
+    p.add_argument("--calib-n", type=int, default=64)
+    p.add_argument("--sens-n", type=int, default=8)
+    p.add_argument("--stride", type=int, default=1, help="encoder frame stride for the Grams (1 = all 1500)")
+    p.add_argument("--evals", nargs="+", default=list(EVALS), choices=list(EVALS))
+    p.add_argument("--eval-limit", type=int, default=None)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--work", default=str(ROOT / "build" / "oneshot_table"))
+    p.add_argument("--cache", default=str(ROOT / "build" / "oneshot_table" / "stats-cache"))
+    p.add_argument("--json", default=str(ROOT / "build" / "oneshot_table.json"))
+    p.add_argument("--resume", action="store_true")
+    args = p.parse_args()
+
+    import torch
+    from transformers.utils import logging as hf_logging
+
+    torch.set_num_threads(args.threads)
+    hf_logging.set_verbosity_error()
+    out = Path(args.json)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    rows = json.loads(out.read_text())["rows"] if args.resume and out.is_file() else []
+
+    def save(rows: list[dict]) -> None:
+        tmp = out.with_name(out.name + ".tmp")
+        meta = {k: v for k, v in vars(args).items() if k not in ("json",)}
+        tmp.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+        tmp.replace(out)
+
+    run(args, rows, save)
+    print(markdown(rows))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,277 @@
+"""Least-squares reconstruction, Gram statistics and their cache, OBS scores, sensitivity allocation."""
+
+from __future__ import annotations
+
+import copy
+import json
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from slimwhisper.compress import AllocConfig, CalibConfig, PruneConfig, ScoreConfig, prune
+from slimwhisper.compress.calib import prepare
+from slimwhisper.compress.gramscores import consumer_columns
+from slimwhisper.compress.groups import GroupSpace, enumerate_groups
+from slimwhisper.compress.plan import PrunePlan
+from slimwhisper.compress.reconstruct import ReconstructConfig, ReconstructError, reconstruct_prune
+from slimwhisper.compress.scores import score_groups
+from slimwhisper.compress.sensalloc import SensAllocConfig
+from slimwhisper.compress.solve import obs_saliency, refit, removal_path
+from slimwhisper.compress.stats import StatsConfig, Sublayer, dense_stats, run_sublayer, sublayers
+from slimwhisper.models import load_model
+from slimwhisper.models.slimdir import save_slim
+from slimwhisper.models.testing import tiny_random_loaded
+from _helpers import write_manifest
+from slimwhisper.errors import UserError
+
+TEXT = "the quick brown fox jumps over the lazy dog while seven wizards quietly judge boxing matches in the hall"
+
+
+def utts(n=4):
+    rng = np.random.default_rng(0)
+    return [SimpleNamespace(id=f"u{i}", audio=(0.1 * rng.standard_normal(16000)).astype("float32"), text=TEXT) for i in range(n)]
+
+
+@pytest.fixture(scope="module")
+def setup():
+    loaded = tiny_random_loaded()
+    return loaded, prepare(loaded, CalibConfig("unused", n=8), utts(8))
+
+
+def aug(x):
+    return torch.cat([x, torch.ones(x.shape[0], 1, dtype=x.dtype)], 1)
+
+
+def logits(model, examples):
+    with torch.no_grad():
+        return [model(input_features=ex.features, decoder_input_ids=ex.tokens[:, :-1]).logits for ex in examples]
+
+
+# ---- the solver -------------------------------------------------------------------------------
+
+
+def test_refit_reproduces_output_when_removed_inputs_are_combinations_of_kept():
+    g = torch.Generator().manual_seed(0)
+    kept = torch.randn(500, 6, generator=g, dtype=torch.float64)
+    X = torch.cat([kept, kept[:, :2] @ torch.tensor([[1.5, -2.0], [0.5, 3.0]], dtype=torch.float64)], 1)  # cols 6,7 dependent
+    W = torch.cat([torch.randn(4, 8, generator=g, dtype=torch.float64), torch.randn(4, 1, generator=g, dtype=torch.float64)], 1)
+    H = aug(X).T @ aug(X)
+    new = refit(W, H, H, list(range(6)), damp=1e-12)
+    assert torch.allclose(aug(kept) @ new.T, aug(X) @ W.T, atol=1e-7)
+    dropped = aug(kept) @ W[:, [0, 1, 2, 3, 4, 5, 8]].T  # un-fitted: simply lose columns 6, 7
+    assert (dropped - aug(X) @ W.T).abs().max() > 0.1
+
+
+def test_refit_beats_unfitted_on_held_out_data_and_obs_is_the_refit_error():
+    g = torch.Generator().manual_seed(1)
+    mix = torch.randn(10, 10, generator=g, dtype=torch.float64)
+    train, test = (torch.randn(n, 10, generator=g, dtype=torch.float64) @ mix for n in (400, 400))
+    W = torch.randn(5, 11, generator=g, dtype=torch.float64)
+    H = aug(train).T @ aug(train)
+    keep = [0, 1, 2, 4, 5, 7, 9]
+    new = refit(W, H, H, keep, damp=1e-9)
+    target = aug(test) @ W.T
+    Xk = aug(test)[:, keep + [10]]
+    fitted, unfitted = (Xk @ new.T - target).square().sum(), (Xk @ W[:, keep + [10]].T - target).square().sum()
+    assert fitted < 0.5 * unfitted
+    # OBS saliency of one unit alone == squared training error of the optimal re-fit without it
+    units = [[3, 6, 8], [0]]
+    rho = obs_saliency(W, H, units, damp=1e-9)
+    for unit, r in zip(units, rho, strict=True):
+        rest = [c for c in range(10) if c not in unit]
+        w2 = refit(W, H, H, rest, damp=1e-9)
+        err = (aug(train)[:, rest + [10]] @ w2.T - aug(train) @ W.T).square().sum()
+        assert float(r) == pytest.approx(float(err), rel=1e-5)
+    order, errors = removal_path(W, H, [[c] for c in range(10)], 3, damp=1e-9)
+    rest = [c for c in range(10) if c not in order]
+    w3 = refit(W, H, H, rest, damp=1e-9)
+    err3 = (aug(train)[:, rest + [10]] @ w3.T - aug(train) @ W.T).square().sum()
+    assert errors[-1] == pytest.approx(float(err3), rel=1e-5) and errors == sorted(errors)
+
+
+# ---- sublayers and statistics ---------------------------------------------------------------------
+
+
+def test_run_sublayer_matches_transformers_layers(setup):
+    loaded, examples = setup
+    model = loaded.model
+    enc = model.model.encoder
+    with torch.no_grad():
+        out = enc(examples[0].features, output_hidden_states=True)
+        h = out.hidden_states[0]
+        for sub in sublayers(model, "encoder")[:2]:
+            h = run_sublayer(model, sub, h)
+        assert torch.allclose(h, out.hidden_states[1], atol=1e-5)
+
+
+def test_dense_stats_cache_is_keyed_by_weights(setup, tmp_path):
+    loaded, examples = setup
+    model = copy.deepcopy(loaded.model)
+    cfg = StatsConfig(cache_dir=str(tmp_path))
+    first = dense_stats(model, examples, cfg, progress=False, log=lambda m: None)
+    again = dense_stats(model, examples, cfg, progress=False, log=lambda m: None)
+    assert not first.cached and again.cached and torch.equal(first.blocks["decoder.1.ffn"].H, again.blocks["decoder.1.ffn"].H)
+    # every encoder frame of the 30 s window is a row; H is symmetric with the row count in the corner
+    st = first.blocks["encoder.0.ffn"]
+    assert st.rows == 8 * 1500 and float(st.H[-1, -1]) == st.rows and torch.allclose(st.H, st.H.T)
+    with torch.no_grad():
+        model.model.encoder.layers[0].fc1.weight.mul_(2.0)
+    other = dense_stats(model, examples, cfg, progress=False, log=lambda m: None)
+    assert not other.cached and not torch.allclose(other.blocks["encoder.0.ffn"].H, first.blocks["encoder.0.ffn"].H)
+    # a file planted under the new key but recorded for the old weights is recomputed, not reused
+    (tmp_path / f"dense-{other.key}.pt").write_bytes((tmp_path / f"dense-{first.key}.pt").read_bytes())
+    msgs = []
+    redo = dense_stats(model, examples, cfg, progress=False, log=msgs.append)
+    assert not redo.cached and torch.allclose(redo.blocks["encoder.0.ffn"].H, other.blocks["encoder.0.ffn"].H)
+
+
+def test_obs_scores_a_dead_neuron_lowest(setup):
+    loaded, examples = setup
+    model = copy.deepcopy(loaded.model)
+    with torch.no_grad():
+        model.model.decoder.layers[1].fc2.weight[:, 7] = 0.0
+    groups = enumerate_groups(model, GroupSpace({"neuron", "head"}))
+    got = score_groups(model, groups, [ScoreConfig(n) for n in ("obs", "flap", "wanda")], examples, progress=False)
+    block = [i for i, g in enumerate(groups) if g.block == "decoder.1.ffn"]
+    for name, s in got.items():
+        assert groups[min(block, key=lambda i: float(s[i]))].name == "decoder.1.ffn.neuron.7", name
+        assert torch.isfinite(s).all()
+
+
+# ---- reconstruct_prune -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("sequential", [True, False])
+def test_nothing_removed_leaves_weights_unchanged(setup, sequential, tmp_path):
+    loaded, examples = setup
+    work = copy.deepcopy(loaded)
+    before = {n: p.clone() for n, p in work.model.state_dict().items()}
+    cfg = ReconstructConfig("lstsq", sequential=sequential)
+    plan, report = reconstruct_prune(work, loaded.model, PrunePlan(frozenset()), examples, cfg, StatsConfig(cache_dir=str(tmp_path)),
+                                     "obs", progress=False, log=lambda m: None)  # fmt: skip
+    assert not plan.remove and report["refitted_blocks"] == {}
+    assert all(torch.equal(before[n], p) for n, p in work.model.state_dict().items())
+
+
+def _duplicate_neurons(model, block_layer=1, pairs=((3, 10), (5, 20), (40, 41))):
+    fc1 = model.model.decoder.layers[block_layer].fc1
+    with torch.no_grad():
+        for src, dup in pairs:
+            fc1.weight[dup] = fc1.weight[src]
+            fc1.bias[dup] = fc1.bias[src]
+
+
+@pytest.mark.parametrize("sequential", [True, False])
+def test_duplicated_neurons_are_reproduced_exactly(setup, sequential, tmp_path):
+    loaded, examples = setup
+    dense = copy.deepcopy(loaded)
+    _duplicate_neurons(dense.model)
+    work = copy.deepcopy(dense)
+    plan = PrunePlan(frozenset(f"decoder.1.ffn.neuron.{j}" for j in (10, 20, 41)))
+    cfg = ReconstructConfig("lstsq", damp=1e-9, sequential=sequential, reselect=False)
+    applied, _ = reconstruct_prune(work, dense.model, plan, examples, cfg, StatsConfig(cache_dir=str(tmp_path)), "fisher",
+                                   progress=False, log=lambda m: None)  # fmt: skip
+    assert applied == plan
+    for a, b in zip(logits(work.model, examples), logits(dense.model, examples), strict=True):
+        assert torch.allclose(a, b, atol=1e-4)
+    plain = copy.deepcopy(dense)  # no re-fit: the same plan changes the output
+    reconstruct_prune(plain, dense.model, plan, examples, ReconstructConfig("none"), StatsConfig(cache_dir=""), "fisher", progress=False)
+    from slimwhisper.compress.groups import zero_groups
+
+    zero_groups(plain.model, [g for g in enumerate_groups(plain.model, GroupSpace({"neuron"})) if g.name in plan.remove])
+    diff = max(float((a - b).abs().max()) for a, b in zip(logits(plain.model, examples), logits(dense.model, examples), strict=True))
+    assert diff > 1e-3
+
+
+def test_too_small_calibration_set_says_how_many_utterances(setup, tmp_path):
+    loaded, examples = setup
+    work = copy.deepcopy(loaded)
+    plan = PrunePlan(frozenset(f"decoder.0.ffn.neuron.{j}" for j in range(4)))
+    with pytest.raises(ReconstructError, match=r"decoder\.0\.ffn: \d+ calibration rows for 124 kept inputs; need about \d+ utterances \(have 1\)"):
+        reconstruct_prune(work, loaded.model, plan, examples[:1], ReconstructConfig("lstsq"), StatsConfig(cache_dir=""), "obs", progress=False)
+
+
+def test_prune_with_sensitivity_and_lstsq_reloads_with_equal_logits(tmp_path):
+    dense_dir = tmp_path / "dense"
+    save_slim(tiny_random_loaded(), dense_dir)
+    calib = write_manifest(tmp_path / "calib", n=3)
+    out = tmp_path / "pruned"
+    config = PruneConfig(
+        model=str(dense_dir), out=str(out), score=ScoreConfig("obs"),
+        alloc=AllocConfig(threshold="sensitivity", target_params=0.2, sensitivity=SensAllocConfig(n=2)),
+        calib=CalibConfig(str(calib), n=3), reconstruct=ReconstructConfig("lstsq", min_rows=0),
+        stats=StatsConfig(cache_dir=str(tmp_path / "cache")),
+    )  # fmt: skip
+    result = prune(config, progress=False, log=lambda m: None)
+    assert result.allocation.fraction >= 0.2
+    ratios = [d["ratio"] for d in result.allocation.details.values()]
+    assert max(ratios) < 1.0 and len(set(ratios)) > 1  # non-uniform, no block emptied
+    again = load_model(str(out))
+    examples = prepare(again, CalibConfig(str(calib), n=2))
+    for a, b in zip(logits(again.model, examples), logits(result.loaded.model, examples), strict=True):
+        assert torch.equal(a, b)
+    saved = json.loads((out / "pruning.json").read_text())["configs"]
+    assert saved["prune"]["reconstruct"]["method"] == "lstsq" and saved["prune"]["alloc"]["threshold"] == "sensitivity"
+    assert saved["allocation"]["blocks"] and saved["reconstruction"]["refitted_blocks"]
+    assert list((tmp_path / "cache").glob("sens-*.pt"))
+
+
+def test_consumer_columns_of_a_head():
+    loaded = tiny_random_loaded()
+    g = next(g for g in enumerate_groups(loaded.model, GroupSpace({"head"})) if g.name == "encoder.1.self_attn.head.2")
+    assert consumer_columns(g) == list(range(32, 48))
+    assert Sublayer("encoder", 1, "self_attn").block == g.block
+
+
+# ---- allocation and configs (no model) ---------------------------------------------------------------
+
+
+def test_sensitivity_greedy_spends_the_budget_where_loss_is_flat():
+    from slimwhisper.compress.groups import Group
+    from slimwhisper.compress.sensalloc import Curve, choose_counts
+
+    def curve(block, slope):
+        units = [Group(f"{block}.neuron.{i}", "encoder", 0, "ffn", "neuron", None, i, (), 10) for i in range(10)]
+        return Curve(block, "neuron", units, [slope * k * k for k in range(10)], 1.0, 10.0)
+
+    flat, steep = curve("encoder.0.ffn", 0.01), curve("encoder.1.ffn", 1.0)
+    counts = choose_counts([flat, steep], target=100.0, unit_costs={})
+    assert sum(counts.values()) * 10 >= 100 and counts[("encoder.0.ffn", "neuron")] > counts[("encoder.1.ffn", "neuron")]
+    with pytest.raises(UserError, match="budget cannot be reached"):
+        choose_counts([flat, steep], target=1000.0, unit_costs={})
+
+
+def test_bad_configs_list_every_problem():
+    from slimwhisper.compress.allocate import AllocError
+
+    with pytest.raises(AllocError) as err:
+        AllocConfig(threshold="sensitivity", heads=0.5)
+    assert "give --target-params" in str(err.value) and "drop --heads" in str(err.value)
+    with pytest.raises(ReconstructError) as err:
+        ReconstructConfig("ridge", damp=0, sequential="yes")
+    assert "unknown reconstruction 'ridge'" in str(err.value) and "damp" in str(err.value) and "sequential" in str(err.value)
+    with pytest.raises(UserError, match="measure must be one of"):
+        SensAllocConfig(measure="loss")
+    assert ScoreConfig("obs").needs_grams and not ScoreConfig("obs").needs_grads and ScoreConfig("obs").needs_calib
+    assert ScoreConfig("fisher").needs_grads and not ScoreConfig("magnitude").needs_calib
+
+
+def test_grad_stats_hold_only_what_scores_declare(setup):
+    from slimwhisper.compress.scores import GradStats, GroupIndex, weights_of
+
+    loaded, _ = setup
+    index = GroupIndex(enumerate_groups(loaded.model, GroupSpace({"head"})))
+    only_fisher = GradStats(index, weights_of(loaded.model, index), frozenset({"sum_sq"}))
+    assert only_fisher.taylor_abs is None and only_fisher.sum_sq
+
+
+def test_prune_config_needs_calibration_for_reconstruction(tmp_path):
+    from slimwhisper.compress import PruneError
+
+    with pytest.raises(PruneError) as err:
+        PruneConfig("tiny.en", str(tmp_path / "o"), ScoreConfig("obs"), AllocConfig(threshold="sensitivity", target_params=0.25),
+                    reconstruct=ReconstructConfig("lstsq"))  # fmt: skip
+    text = str(err.value)
+    assert "score 'obs' needs calibration audio" in text and "--reconstruct lstsq needs calibration audio" in text
