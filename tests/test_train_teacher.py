@@ -88,6 +88,11 @@ def test_topk_kl_is_zero_only_for_the_teacher():
     values, ids = torch.log_softmax(logits, -1).topk(10, -1)
     assert float(topk_kl(logits, values, ids, targets, 2.0)) == pytest.approx(0.0, abs=1e-6)
     assert float(topk_kl(torch.randn(2, 5, 10), values, ids, targets, 2.0)) > 0.01
+    # With k < vocabulary the teacher itself must still score 0 at T = 2: both sides are
+    # renormalised over the same top-k support (an unnormalised student side made this > 0 and
+    # drove over-confident students: 48% WER in the demo).
+    values4, ids4 = torch.log_softmax(logits, -1).topk(4, -1)
+    assert float(topk_kl(logits, values4, ids4, targets, 2.0)) == pytest.approx(0.0, abs=1e-6)
 
 
 def _student(teacher, plan):
