@@ -43,7 +43,7 @@ demo-data: $(STAMP)
 
 demo: $(STAMP) demo-data
 	mkdir -p $(DEMO_OUT)
-	$(BIN)/slimwhisper eval --model tiny.en --data $(DEMO_DATA) --threads $(THREADS) --json $(DEMO_OUT)/eval-tiny.en.json
+	$(BIN)/slimwhisper eval --model tiny.en --data $(DEMO_DATA) --threads $(THREADS) --json $(DEMO_OUT)/eval-tiny.en.json --force
 	$(BIN)/slimwhisper run --model tiny.en --recipe $(DEMO_RECIPE) --calib $(DEMO_CALIB) --calib-n 16 --data $(DEMO_DATA) \
 		--recover $(DEMO_RECOVER) --recover-steps $(DEMO_RECOVER_STEPS) \
 		--threads $(THREADS) --repeat 3 --timing-limit 5 --out $(DEMO_OUT)/run-tiny.en --force
