@@ -45,7 +45,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="tiny.en")
     ap.add_argument("--target", type=float, default=0.35)
-    ap.add_argument("--calib-n", type=int, default=32)
+    ap.add_argument("--calib-n", type=int, default=256)
     ap.add_argument("--n", type=int, default=48, help="training clips in the teacher cache")
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--layerwise-steps", type=int, default=30)
@@ -58,6 +58,13 @@ def main() -> None:
     ap.add_argument("--rows", nargs="*", default=["dense", "oneshot", "oneshot+kd", "oneshot+layerwise", "imp"])
     ap.add_argument("--work", default=str(ROOT / "build" / "recovery_at_scale"))
     ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--pruned", default=None, help="start from this one-shot slim folder instead of pruning (row 'oneshot')")
+    ap.add_argument("--teacher-cache", default=None, help="teacher cache root (default: WORK/teacher-cache)")
+    ap.add_argument("--cached-only", action="store_true", help="train only on the drawn clips already in the cache")
+    ap.add_argument("--alpha", type=float, default=0.5, help="KD: weight of the pseudo-label CE")
+    ap.add_argument("--temperature", type=float, default=2.0)
+    ap.add_argument("--encoder-l2", type=float, default=1.0)
+    ap.add_argument("--evals", nargs="+", default=list(EVALS), choices=list(EVALS))
     args = ap.parse_args()
 
     import torch
@@ -95,19 +102,21 @@ def main() -> None:
         fl = loaded.spec.flops(tokens=1, context=32)
         row = {"params_file": files["total"], "removed_pct_layers": 100 * (1 - files["layers"] / dense_files["layers"]),
                "gflops_window": (fl["encoder"] + fl["cross_kv"]) / 1e9, "cpu_min": cpu_s / 60, "folder": str(folder), **info}  # fmt: skip
-        for key, path in EVALS.items():
-            row[key] = wer_of(loaded, path, args.eval_limit)
+        for key in args.evals:
+            row[key] = wer_of(loaded, EVALS[key], args.eval_limit)
         rows[name] = row
         out_json.write_text(json.dumps(rows, indent=2) + "\n")
-        print(f"{name}: " + " ".join(f"{k} {100 * row[k]['wer']:.2f}% (loop {row[k]['looping']})" for k in EVALS)
+        print(f"{name}: " + " ".join(f"{k} {100 * row[k]['wer']:.2f}% (loop {row[k]['looping']})" for k in args.evals)
               + f" removed {row['removed_pct_layers']:.1f}% cpu {row['cpu_min']:.1f} min  load {os.getloadavg()[0]:.1f}", flush=True)
 
     if not (work / "dense" / "model.safetensors").is_file():
         save_slim(dense, work / "dense", force=True)
     if "dense" in args.rows and "dense" not in rows:
         done("dense", work / "dense", dense, 0.0)
-    pruned_dir = work / "oneshot"
-    if not (pruned_dir / "model.safetensors").is_file() or ("oneshot" in args.rows and "oneshot" not in rows):
+    pruned_dir = Path(args.pruned) if args.pruned else work / "oneshot"
+    if args.pruned and "oneshot" in args.rows and "oneshot" not in rows:
+        done("oneshot", pruned_dir, load_model(str(pruned_dir)), 0.0, source=str(pruned_dir))
+    elif not (pruned_dir / "model.safetensors").is_file() or ("oneshot" in args.rows and "oneshot" not in rows):
         c0 = time.process_time()
         pc = PruneConfig(model=args.model, out=str(pruned_dir), force=True, score=ScoreConfig("fisher"),
                          alloc=AllocConfig(threshold="global", target_params=args.target),
@@ -118,7 +127,15 @@ def main() -> None:
 
     c0 = time.process_time()
     utts = select_utterances([str(p) for p in TRAIN], args.n, 0)
-    cache = build_cache(dense, utts, work / "teacher-cache", TeacherConfig(hidden_states=True), progress=False)
+    tconf = TeacherConfig(hidden_states="oneshot+layerwise" in args.rows)
+    root = Path(args.teacher_cache) if args.teacher_cache else work / "teacher-cache"
+    if args.cached_only:  # the clips a previous build already wrote (same weights + settings)
+        from slimwhisper.train.teacher import audio_hash, cache_key, weights_hash
+
+        folder = root / cache_key(weights_hash(dense.model), tconf)
+        utts = [u for u in utts if (folder / f"{audio_hash(u.audio)[:32]}.pt").is_file()]
+        print(f"--cached-only: {len(utts)} of {args.n} drawn clips are cached", flush=True)
+    cache = build_cache(dense, utts, root, tconf, progress=False)
     items = [cache[i] for i in range(len(cache))]
     cache_cpu = time.process_time() - c0
     print(f"teacher cache: {cache.describe()}, {cache_cpu / 60:.1f} CPU min", flush=True)
@@ -127,7 +144,8 @@ def main() -> None:
         if name not in args.rows or name in rows:
             continue
         c0 = time.process_time()
-        cfg = RecoverConfig(method, train, layerwise_steps=args.layerwise_steps)
+        cfg = RecoverConfig(method, train, layerwise_steps=args.layerwise_steps, distill_alpha=args.alpha,
+                            distill_temperature=args.temperature, encoder_l2=args.encoder_l2)
         loaded = recover(load_model(str(pruned_dir)), cfg, teacher=dense, examples=items, progress=False)
         folder = save_recovered(loaded, work / name.replace("+", "_"), cfg, force=True)
         done(name, folder, loaded, time.process_time() - c0, train=loaded.extra["recovery"]["result"],
@@ -151,7 +169,7 @@ def main() -> None:
     print(head + " | CPU min |\n|" + "---|" * (5 + len(EVALS)))
     for name, r in rows.items():
         cells = [name, f"{r['params_file']:,}", f"{r['removed_pct_layers']:.1f}%", f"{r['gflops_window']:.2f}"]
-        cells += [f"{100 * r[k]['wer']:.2f}% ({r[k]['looping']}/{r[k]['n']})" for k in EVALS]
+        cells += [f"{100 * r[k]['wer']:.2f}% ({r[k]['looping']}/{r[k]['n']})" if k in r else "-" for k in EVALS]
         print("| " + " | ".join(cells) + f" | {r['cpu_min']:.1f} |")
 
 

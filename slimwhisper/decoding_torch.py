@@ -59,6 +59,9 @@ def specials_for(loaded: LoadedModel) -> Specials:
     ``decode_manifest``), read from the loaded tokenizer and generation config."""
     tok = loaded.processor.tokenizer
     gen = loaded.model.generation_config
+    vmap = getattr(loaded.model, "slim_vocab", None)  # vocabulary-pruned (issue 12): built in original
+    if vmap is not None:  # ids from the tokenizer, then mapped to the model's ids
+        gen = vmap.generation_config(gen, inverse=True)
 
     def one(*names: str) -> int | None:
         for name in names:
@@ -71,11 +74,12 @@ def specials_for(loaded: LoadedModel) -> Specials:
     begin = list(getattr(gen, "begin_suppress_tokens", None) or [220, eot])  # openai SuppressBlank
     specials = [one("<|startoftranscript|>"), one("<|startofprev|>"), one("<|transcribe|>"), one("<|translate|>"),
                 one("<|nospeech|>", "<|nocaptions|>")]
-    return Specials(sot=one("<|startoftranscript|>"), eot=eot, no_timestamps=no_ts,
-                    timestamp_begin=None if no_ts is None else no_ts + 1, sot_prev=one("<|startofprev|>"),
-                    no_speech=one("<|nospeech|>", "<|nocaptions|>"),
-                    suppress=unique(getattr(gen, "suppress_tokens", None) or []), begin_suppress=unique(begin),
-                    specials=unique(specials))
+    out = Specials(sot=one("<|startoftranscript|>"), eot=eot, no_timestamps=no_ts,
+                   timestamp_begin=None if no_ts is None else no_ts + 1, sot_prev=one("<|startofprev|>"),
+                   no_speech=one("<|nospeech|>", "<|nocaptions|>"),
+                   suppress=unique(getattr(gen, "suppress_tokens", None) or []), begin_suppress=unique(begin),
+                   specials=unique(specials))
+    return out if vmap is None else vmap.specials(out)
 
 
 def greedy_tokens(loaded: LoadedModel, features, prefix: list[int], max_new_tokens: int = 224) -> list[int]:
@@ -87,8 +91,11 @@ def greedy_tokens(loaded: LoadedModel, features, prefix: list[int], max_new_toke
     feats = features.detach().float().cpu().numpy() if isinstance(features, torch.Tensor) else np.asarray(features)
     specials = specials_for(loaded)
     opts = DecodingOptions(sample_len=max_new_tokens, fallback=False, timestamps=False)
-    detok = lambda ids: loaded.processor.tokenizer.decode([t for t in ids if t < specials.eot])
+    vmap = getattr(loaded.model, "slim_vocab", None)
+    orig = vmap.to_orig if vmap is not None else list  # ``prefix`` and the result: original ids
+    prefix = vmap.to_new(prefix) if vmap is not None else list(prefix)
+    detok = lambda ids: loaded.processor.tokenizer.decode(orig([t for t in ids if t < specials.eot]))
     sot_index = list(prefix).index(specials.sot)
     (r,) = decode(model, model.encode(feats), list(prefix), sot_index, specials, opts, 0.0, detok,
                   np.random.default_rng(0))
-    return r.tokens
+    return orig(r.tokens)

@@ -100,6 +100,9 @@ class ArchSpec:
     encoder: tuple[LayerSpec, ...]
     decoder: tuple[LayerSpec, ...]
     version: int = field(default=SPEC_VERSION)
+    # Vocabulary pruning (issue 12): the dense vocabulary size when ``vocab`` holds only kept
+    # tokens (the id map travels beside the weights, runtime/vocabmap.py); None = not pruned.
+    source_vocab: int | None = None
 
     def __post_init__(self) -> None:
         # Accept lists (from JSON) but store tuples so the spec stays hashable and immutable.
@@ -118,6 +121,8 @@ class ArchSpec:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 out.append(f"{name} must be a positive int, got {value!r}")
+        if self.source_vocab is not None and (not isinstance(self.source_vocab, int) or self.source_vocab < self.vocab):
+            out.append(f"source_vocab must be an int >= vocab ({self.vocab}), got {self.source_vocab!r}")
         if not self.encoder:
             out.append("encoder has no layers")
         if not self.decoder:
@@ -136,7 +141,10 @@ class ArchSpec:
 
     # ---- serialisation ----------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        if d["source_vocab"] is None:  # unpruned vocabulary: the JSON stays what it always was
+            del d["source_vocab"]
+        return d
 
     def to_json(self, indent: int | None = 2) -> str:
         return json.dumps(self.to_dict(), indent=indent)
@@ -161,6 +169,7 @@ class ArchSpec:
                 encoder=tuple(layer(d) for d in data["encoder"]),
                 decoder=tuple(layer(d) for d in data["decoder"]),
                 version=data.get("version", SPEC_VERSION),
+                source_vocab=data.get("source_vocab"),
             )
         except (KeyError, TypeError) as exc:
             raise SpecError([f"malformed spec JSON: {exc!r}"]) from exc

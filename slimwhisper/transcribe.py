@@ -170,7 +170,10 @@ class TorchTranscriber:
         self.name = loaded.name
         self._prompt = _prompt_kwargs(loaded, self.config)
         self.model = TorchWhisper(loaded.model)
-        self.specials = specials_for(loaded)
+        # Vocabulary-pruned (issue 12): the engine decodes in the model's ids; every id a caller
+        # sees (tokens, segments) and every detokenised id is mapped back to the original.
+        self.vmap = getattr(loaded.model, "slim_vocab", None)
+        self.specials = specials_for(loaded)  # in the model's ids
         if self.config.timestamps and self.specials.timestamp_begin is None:
             raise DecodeError(f"{loaded.name}'s tokenizer has no timestamp tokens; decode without timestamps")
         self.options = self.config.engine()
@@ -182,10 +185,10 @@ class TorchTranscriber:
 
     def _sot_sequence(self) -> list[int]:
         ids = self.loaded.processor.tokenizer.convert_tokens_to_ids
-        seq = [self.specials.sot]
+        seq = []  # after specials.sot, which is already in the model's ids
         if self._prompt:
             seq += [ids(f"<|{self._prompt['language']}|>"), ids(f"<|{self._prompt['task']}|>")]
-        return seq
+        return [self.specials.sot] + (seq if self.vmap is None else self.vmap.to_new(seq))
 
     def features(self, window: np.ndarray) -> np.ndarray:
         fe = self.loaded.processor.feature_extractor
@@ -193,6 +196,7 @@ class TorchTranscriber:
 
     def detok(self, ids: list[int]) -> str:
         text = [t for t in ids if t < self.specials.eot]
+        text = text if self.vmap is None else self.vmap.to_orig(text)
         return self.loaded.processor.tokenizer.decode(text, skip_special_tokens=True)
 
     def transcribe(self, audio: np.ndarray) -> Transcript:
@@ -205,6 +209,7 @@ class TorchTranscriber:
         start = time.perf_counter()
         long = transcribe_long(self.model, source, self.features, self.sot_sequence, self.specials, self.options,
                                self.detok, where)
+        long = long if self.vmap is None else self.vmap.longform(long)
         return _transcript(long, time.perf_counter() - start, self.config)
 
     def transcribe_batch(self, audios: list[np.ndarray]) -> list[Transcript]:
@@ -216,6 +221,7 @@ class TorchTranscriber:
             start = time.perf_counter()
             longs = transcribe_batch(self.model, [clips[i] for i in short], self.features, self.sot_sequence,
                                      self.specials, self.options, self.detok)
+            longs = longs if self.vmap is None else [self.vmap.longform(long) for long in longs]
             each = (time.perf_counter() - start) / len(short)
             out.update({i: _transcript(long, each, self.config) for i, long in zip(short, longs)})
         return [out[i] for i in range(len(clips))]

@@ -170,7 +170,7 @@ def test_duplicated_neurons_are_reproduced_exactly(setup, sequential, tmp_path):
     _duplicate_neurons(dense.model)
     work = copy.deepcopy(dense)
     plan = PrunePlan(frozenset(f"decoder.1.ffn.neuron.{j}" for j in (10, 20, 41)))
-    cfg = ReconstructConfig("lstsq", damp=1e-9, sequential=sequential, reselect=False)
+    cfg = ReconstructConfig("lstsq", damp=1e-9, sequential=sequential, reselect=False, min_rows=0)  # exactness, not the row guard
     applied, _ = reconstruct_prune(work, dense.model, plan, examples, cfg, StatsConfig(cache_dir=str(tmp_path)), "fisher",
                                    progress=False, log=lambda m: None)  # fmt: skip
     assert applied == plan

@@ -9,3 +9,5 @@ Backends are registered by name in ``slimwhisper.bench.backends`` (``register_ba
 static metrics in ``static``; the FLOP cross-checks in ``flops_check``; the prune -> export ->
 bench job in ``pipeline``. Heavy libraries are imported inside functions only.
 """
+
+from slimwhisper.bench import whispercpp  # noqa: F401 - registers the whisper-cpp peer backend

@@ -25,7 +25,7 @@ def bench(
                                                  "(not needed with --estimate).")] = None,
     out: Annotated[Path | None, typer.Option("--out", help="Report folder to create (not needed with --estimate).")] = None,
     backend: Annotated[list[str] | None, typer.Option("--backend", help="torch, torch-cuda, onnx, onnx-cuda, "
-                       "faster-whisper-int8, faster-whisper-fp32 (repeatable; default: torch for models, onnx for bundles).")] = None,
+                       "faster-whisper-int8, faster-whisper-fp32, whisper-cpp (repeatable; default: torch for models, onnx for bundles).")] = None,
     threads: Annotated[int, typer.Option(min=1, help="Threads for every backend (torch, onnxruntime, CTranslate2).")] = 2,
     repeat: Annotated[int, typer.Option(min=1, help="Timing passes after the warm-up.")] = 5,
     limit: Annotated[int | None, typer.Option(min=1, help="Use only the first N clips.")] = None,

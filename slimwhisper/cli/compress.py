@@ -128,7 +128,30 @@ def prune(
     channel_pattern: Annotated[str, typer.Option(help="Q/K, V/O channels: shared (same in every head) | per_head.")] = "shared",
     plan: Annotated[Path | None, typer.Option(help="Plan JSON {\"remove\": [group names]} instead of scoring.")] = None,
     recipe: Annotated[str | None, typer.Option(help="A named recipe (see slimwhisper.compress.recipes).")] = None,
-    calib_n: CalibNOpt = 32,
+    # -- latency budget (issue 13 part 6, compress/budget.py) --
+    device: Annotated[str | None, typer.Option(help="Device profile the --latency-budget is for (slimwhisper devices "
+                                               "list), e.g. rpi5 or x86-local.")] = None,
+    latency_budget: Annotated[str | None, typer.Option(help="Remove the least that brings the estimated time of one "
+                              "--clip-seconds clip on --device within SECONDS (1.5, 1.5s, 800ms): bisects the "
+                              "--budget-metric fraction of the --threshold allocation. A dense model already within "
+                              "budget, or a budget out of reach, is refused (nothing written); replaces "
+                              "--target-params/--target-flops, not with --plan/--recipe.")] = None,
+    clip_seconds: Annotated[float, typer.Option(help="Clip length the budget is for (windows + tokens).")] = 10.0,
+    precision: Annotated[str, typer.Option(help="Bundle precision the budget is for: int8 | fp32.")] = "int8",
+    device_threads: Annotated[int | None, typer.Option(help="Threads on the device (default: its cores).")] = None,
+    budget_metric: Annotated[str, typer.Option(help="What the searched fraction counts: flops | params.")] = "flops",
+    # -- vocabulary pruning (issue 12, compress/vocab.py) --
+    vocab: Annotated[str | None, typer.Option(help="Keep only the tokens this language's corpus uses (+ specials, "
+                     "timestamps, 256 bytes); slices the tied embedding/output projection. Known: en.")] = None,
+    max_vocab: Annotated[int | None, typer.Option(help="With --vocab: keep the N most used tokens in all.")] = None,
+    vocab_coverage: Annotated[float | None, typer.Option(help="With --vocab: keep the fewest tokens that cover this "
+                              "fraction (0-1] of the corpus's tokens.")] = None,
+    vocab_refs: Annotated[list[Path] | None, typer.Option(help="Labelled data whose references' coverage is reported "
+                          "(never used to choose tokens); repeatable.")] = None,
+    calib_n: Annotated[int | None, typer.Option("--calib-n", min=1, help="Calibration utterances (random, --seed; "
+                       "default: the recipe's, else 32).")] = None,
+    stats_stride: Annotated[int | None, typer.Option(min=1, help="Keep every N-th encoder frame in the re-fit's "
+                            "Gram matrices (default: the recipe's, else 1 = all 1500).")] = None,
     seed: SeedOpt = 0,
     label_free: LabelFreeOpt = None,
     eval_data: Annotated[Path | None, typer.Option("--eval", help="Labelled data: print WER before and after.")] = None,
@@ -142,13 +165,35 @@ def prune(
     from slimwhisper.compress.prune import PruneConfig
     from slimwhisper.compress.prune import prune as run_prune
     from slimwhisper.compress.allocate import AllocConfig
+    from slimwhisper.compress.recipes import calibration_for
+    from slimwhisper.compress.scores import ScoreConfig
+    from slimwhisper.compress.stats import StatsConfig
 
+    from slimwhisper.compress.budget import budget_from_options
+
+    calib_n, stride = calibration_for(recipe, calib_n, stats_stride)
+
+    latency = budget_from_options(device, latency_budget, clip_seconds=clip_seconds, precision=precision,
+                                  threads=device_threads, metric=budget_metric, target_params=target_params,
+                                  target_flops=target_flops, plan=plan, recipe=recipe)  # fmt: skip
+    if latency is not None:  # the search sets the fraction; 0.0 holds its place
+        target_params, target_flops = latency.placeholder_targets()
     options_alloc = AllocConfig(
         threshold=threshold or "local", heads=heads, ffn=ffn, qk=qk, vo=vo, components=tuple(component or ()),
         drop_encoder_layers=drop_encoder_layers, drop_decoder_layers=drop_decoder_layers,
         target_params=target_params, target_flops=target_flops, channel_pattern=channel_pattern,
     )  # fmt: skip
-    alloc, score_cfg, recipe_reconstruct = choose_alloc(recipe, plan, score, options_alloc)
+    vocab_cfg = None
+    if vocab is not None or max_vocab is not None or vocab_coverage is not None:
+        from slimwhisper.compress.vocab import VocabConfig, VocabError
+
+        if vocab is None:
+            raise VocabError("--max-vocab / --vocab-coverage need --vocab LANG (e.g. --vocab en)")
+        vocab_cfg = VocabConfig(language=vocab, max_vocab=max_vocab, coverage=vocab_coverage,
+                                references=tuple(str(r) for r in vocab_refs or ()))
+    structured = options_alloc != AllocConfig() or recipe is not None or plan is not None
+    alloc, score_cfg, recipe_reconstruct = (choose_alloc(recipe, plan, score, options_alloc) if structured or vocab_cfg is None
+                                            else (None, ScoreConfig(score or "magnitude"), None))  # fmt: skip
     if reconstruct is not None or recipe_reconstruct is None:
         from slimwhisper.compress.reconstruct import ReconstructConfig
 
@@ -162,11 +207,14 @@ def prune(
         alloc=alloc,
         plan=None if plan is None else str(plan),
         calib=None if calib is None else CalibConfig(str(calib), n=calib_n, seed=seed, label_free=label_free),
+        stats=StatsConfig(stride=stride),
         force=force,
         eval_data=None if eval_data is None else str(eval_data),
         eval_limit=eval_limit,
         recipe=recipe,
         reconstruct=rec,
+        latency=latency,
+        vocab=vocab_cfg,
     )
     setup_torch(threads)
     result = run_prune(config, progress=not quiet)

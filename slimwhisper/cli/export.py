@@ -21,6 +21,7 @@ def export_command(
     force: ForceOpt = False,
     clips: Annotated[int, typer.Option(help="Clips decoded greedily in the parity check.")] = 2,
     threads: Annotated[int, typer.Option(min=1, help="onnxruntime threads for the parity check.")] = 2,
+    fmt: Annotated[str, typer.Option("--format", help="onnx: a bundle folder; ggml: one whisper.cpp file (fp16).")] = "onnx",
 ) -> None:
     """Export MODEL to a torch-free bundle (encoder/decoder ONNX with KV cache, tokenizer, mel
     filters, manifest.json with sha256 of every file) after checking parity with PyTorch."""
@@ -29,6 +30,13 @@ def export_command(
     from slimwhisper.models import load_model
     from slimwhisper.outputs import check_output
 
+    if fmt != "onnx":  # one-file formats (whisper.cpp's ggml): no parity check, no bundle variants
+        from slimwhisper.export.ggml import export_file
+
+        quiet_libraries()
+        path = export_file(fmt, model, out, force=force, bundle_options={"--quantize": quantize, "--fp16": fp16, "--ort": ort})
+        typer.echo(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, ggml f16 for whisper.cpp)")
+        return
     config = ExportConfig(quantize=quantize, fp16=fp16, ort=ort, parity_clips=clips, threads=threads)
     check_output(out, "bundle", force=force, inputs=[model])  # before the (slow) model load
     quiet_libraries()

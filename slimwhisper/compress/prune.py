@@ -19,12 +19,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from slimwhisper.compress.allocate import AllocConfig, Allocation, allocate
+from slimwhisper.compress.budget import LatencyBudget
 from slimwhisper.compress.calib import CalibConfig, prepare
 from slimwhisper.compress.groups import enumerate_groups
 from slimwhisper.compress.plan import PrunePlan, PruneRecord
 from slimwhisper.compress.reconstruct import ReconstructConfig
 from slimwhisper.compress.scores import ScoreConfig, score_groups
 from slimwhisper.compress.stats import StatsConfig
+from slimwhisper.compress.vocab import VocabConfig
 from slimwhisper.errors import UserError
 
 if TYPE_CHECKING:
@@ -49,6 +51,8 @@ class PruneConfig:
     recipe: str | None = None  # name of the recipe alloc/score came from (for the record)
     reconstruct: ReconstructConfig = field(default_factory=ReconstructConfig)
     stats: StatsConfig = field(default_factory=StatsConfig)
+    vocab: VocabConfig | None = None  # vocabulary pruning (issue 12), after any structured pruning
+    latency: LatencyBudget | None = None  # search the allocation's budget fraction for it (budget.py)
 
     def __post_init__(self) -> None:
         problems = []
@@ -58,8 +62,10 @@ class PruneConfig:
             problems.append("out must be a folder path for the pruned model")
         elif Path(self.out).exists() and not self.force:
             problems.append(f"out {self.out} already exists; choose another folder or pass --force to replace it")
-        if (self.alloc is None) == (self.plan is None):
-            problems.append("give exactly one of an allocation (ratios / --recipe / --target-params) or --plan FILE")
+        if (self.alloc is not None and self.plan is not None) or (self.alloc is None and self.plan is None
+                                                                  and self.vocab is None):
+            problems.append("give exactly one of an allocation (ratios / --recipe / --target-params) or --plan FILE "
+                            "(or only --vocab LANG)")
         if self.plan is not None and not Path(self.plan).is_file():
             problems.append(f"plan file {self.plan} does not exist")
         if self.alloc is not None and self.score.needs_calib and self.calib is None:
@@ -72,6 +78,8 @@ class PruneConfig:
             problems.append(f"eval data {self.eval_data} does not exist")
         if self.eval_limit is not None and (not isinstance(self.eval_limit, int) or self.eval_limit < 1):
             problems.append(f"eval_limit must be an int >= 1, got {self.eval_limit!r}")
+        if self.latency is not None and self.alloc is None:
+            problems.append("a latency budget chooses the plan: give an allocation (score + threshold), not --plan")
         if problems:
             raise PruneError("invalid prune config", problems)
 
@@ -88,6 +96,8 @@ class PruneConfig:
             "recipe": self.recipe,
             "reconstruct": self.reconstruct.to_dict(),
             "stats": self.stats.to_dict(),
+            "vocab": None if self.vocab is None else self.vocab.to_dict(),
+            "latency_budget": None if self.latency is None else self.latency.to_dict(),
         }
 
     @property
@@ -177,23 +187,33 @@ def calibrate(loaded: LoadedModel, config: PruneConfig, progress: bool = True, l
 def choose_plan(loaded: LoadedModel, config: PruneConfig, progress: bool = True, cal: Calibration | None = None,
                 log=print) -> tuple[PrunePlan, Allocation | None]:  # fmt: skip
     """The plan file as given (validated against the model), or calibrate + score + allocate."""
+    if config.plan is None and config.alloc is None:  # vocabulary pruning only: no structure removed
+        return PrunePlan(remove=frozenset()), None
     if config.plan is not None:
         plan = PrunePlan.load(config.plan)
         plan.validate(loaded.model)
         return plan, None
-    alloc = config.alloc
+    alloc = config.alloc if config.latency is None else config.latency.template(config.alloc)
     assert alloc is not None
     cal = cal if cal is not None else calibrate(loaded, config, progress, log)
     groups = enumerate_groups(loaded.model, alloc.group_space())
     examples = cal.examples if config.score.needs_calib or alloc.threshold.value == "sensitivity" else None
     scores = score_groups(loaded.model, groups, [config.score], examples, progress=progress, grams=cal.grams)[config.score.name]
-    if alloc.threshold.value == "sensitivity":
+
+    def allocate_at(a: AllocConfig, log=log) -> Allocation:
+        if a.threshold.value != "sensitivity":
+            return allocate(groups, scores, a, loaded.spec)
         from slimwhisper.compress.sensalloc import allocate_sensitivity
 
-        allocation = allocate_sensitivity(loaded.model, groups, scores, alloc, loaded.spec, cal.grams, cal.holdout,
-                                          config.score.name, config.stats.cache_root(), progress, log)  # fmt: skip
-    else:
-        allocation = allocate(groups, scores, alloc, loaded.spec)
+        return allocate_sensitivity(loaded.model, groups, scores, a, loaded.spec, cal.grams, cal.holdout,
+                                    config.score.name, config.stats.cache_root(), progress, log)  # fmt: skip
+
+    if config.latency is None:
+        allocation = allocate_at(alloc)
+    else:  # bisect the budget fraction against the device estimate (budget.py)
+        from slimwhisper.compress.budget import search_budget
+
+        allocation = search_budget(allocate_at, alloc, loaded.spec, config.latency, log)
     return allocation.plan, allocation
 
 
@@ -222,6 +242,9 @@ def prune(config: PruneConfig, progress: bool = True, loaded: LoadedModel | None
     timer = _Timer()
     if loaded is None:
         loaded = load_model(config.model)
+    if getattr(loaded.model, "slim_vocab", None) is not None and config.needs_examples:
+        raise PruneError("calibration decodes with the tokenizer's ids, which a vocabulary-pruned model no longer "
+                         "uses: prune structure and vocabulary in one command from the unpruned-vocabulary model")
     before = loaded.spec.params_by_component()
     wer_before = _wer(loaded, config, progress) if config.eval_data else None
     timer.lap("eval_before")
@@ -229,7 +252,7 @@ def prune(config: PruneConfig, progress: bool = True, loaded: LoadedModel | None
     timer.lap("calibration")
     plan, allocation = choose_plan(loaded, config, progress, cal, log)
     timer.lap("score")
-    if not plan.remove:
+    if not plan.remove and config.vocab is None:
         raise PruneError("the allocation removes nothing (ratios too small for these block sizes?); raise a ratio")
     report = None
     if config.reconstruct.active:
@@ -241,12 +264,19 @@ def prune(config: PruneConfig, progress: bool = True, loaded: LoadedModel | None
         del dense
         timer.lap("reconstruct")
     # A slim folder pruned again: surgery composes with the record load_slim left on the model.
-    record = apply_plan(loaded.model, plan)
+    record = apply_plan(loaded.model, plan) if plan.remove else getattr(loaded.model, "slim_record", None)
     loaded.model.slim_record = record
     loaded.spec = spec_from_model(loaded.model)
     timer.lap("surgery")
+    vocab = None
+    if config.vocab is not None:  # issue 12: slice embedding/projection to the kept tokens (vocabprune.py)
+        from slimwhisper.compress.vocabprune import prune_loaded
+
+        vocab = {"config": config.vocab.to_dict(), "report": prune_loaded(loaded, config.vocab, log).report()}
+        record = loaded.model.slim_record
+        timer.lap("vocab")
     configs = {"prune": config.to_dict(), "allocation": None if allocation is None else allocation_dict(allocation),
-               "reconstruction": report}  # fmt: skip
+               "reconstruction": report, "latency_budget": getattr(allocation, "budget", None), "vocab": vocab}  # fmt: skip
     save_slim(loaded, Path(config.out), record=record, configs=configs, force=config.force)
     timer.lap("save")
     wer_after = _wer(loaded, config, progress) if config.eval_data else None

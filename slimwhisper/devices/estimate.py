@@ -148,7 +148,7 @@ class Estimate:
 
 def prompt_length(spec: ArchSpec) -> int:
     # tiny.en/base.en vocabularies have 51864 entries, multilingual 51865+: sot [lang task] notimestamps
-    return 2 if spec.vocab <= 51864 else 4
+    return 2 if (spec.source_vocab or spec.vocab) <= 51864 else 4  # a pruned vocabulary keeps its source's prompt
 
 
 def estimate_spec(spec: ArchSpec, profile: DeviceProfile, clip_seconds: float = WINDOW_S, *,

@@ -95,6 +95,9 @@ def _write(loaded, model, spec, tmp: Path, config: ExportConfig, log) -> dict:
     fe = loaded.processor.feature_extractor
     np.save(tmp / "mel_filters.npy", np.asarray(fe.mel_filters, dtype=np.float32))
     gen = model.generation_config
+    vmap = getattr(model, "slim_vocab", None)  # vocabulary-pruned (issue 12): the manifest keeps original ids
+    if vmap is not None:
+        gen = vmap.generation_config(gen, inverse=True)
     tok = tokenizer_manifest(loaded.processor.tokenizer, gen, tmp)
     missing = [k for k in ("sot", "eot", "no_timestamps", "transcribe") if tok[k] is None]
     if missing:
@@ -115,6 +118,9 @@ def _write(loaded, model, spec, tmp: Path, config: ExportConfig, log) -> dict:
         "export_config": config.to_dict(),
         "files": {},
     }
+    if vmap is not None:  # the runtime maps the graphs' ids to these (sha256 in "files" like every file)
+        manifest["vocab_map"] = {"file": vmap.save(tmp).name, "size": vmap.size, "source_vocab": vmap.source_vocab,
+                                 "language": vmap.language}
     _save_manifest(tmp, manifest)
     manifest["parity"] = _parity(model, tmp, variants, config, log)
     if config.quantize == "int8" and not config.keep_fp32:  # the fp32 graphs were only needed for parity and conversion

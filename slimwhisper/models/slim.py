@@ -147,6 +147,8 @@ def spec_from_model(model: WhisperForConditionalGeneration, sources: dict[str, l
         n_text_ctx=cfg.max_target_positions,
         encoder=side("encoder", m.encoder.layers),
         decoder=side("decoder", m.decoder.layers),
+        # a vocabulary-pruned model carries its id map (compress/vocab.py, runtime/vocabmap.py)
+        source_vocab=getattr(getattr(model, "slim_vocab", None), "source_vocab", None),
     )
 
 

@@ -84,6 +84,8 @@ def _write_folder(tmp: Path, model, processor, meta: dict, pruning: dict) -> Non
     model.generation_config.save_pretrained(tmp)
     if processor is not None:
         processor.save_pretrained(tmp)
+    if getattr(model, "slim_vocab", None) is not None:  # vocabulary pruning: kept ids (issue 12)
+        model.slim_vocab.save(tmp)
     _write_checksums(tmp)
 
 
@@ -238,6 +240,7 @@ def load_slim(path: str | Path, options: LoadOptions | None = None) -> LoadedMod
     if meta.get("format") != SLIM_FORMAT:
         raise ModelLoadError(f"{p}: slimwhisper folder format {meta.get('format')!r}; this version reads {SLIM_FORMAT}")
     model = _build(p, meta, options)
+    _attach_vocab_map(p, model, meta)
     if (p / "generation_config.json").is_file():
         model.generation_config = GenerationConfig.from_pretrained(p)
     extra: dict[str, Any] = {"slimwhisper": meta, "source_model": meta.get("source", {})}
@@ -254,6 +257,24 @@ def load_slim(path: str | Path, options: LoadOptions | None = None) -> LoadedMod
     sha = sums.get(WEIGHTS_FILE) if sums else None
     sha = sha or sha256_of(file_chunks([p / WEIGHTS_FILE]))
     return make_loaded(model, processor, path=p, source=str(path), kind="slim", name=p.resolve().name, sha256=sha, extra=extra)
+
+
+def _attach_vocab_map(p: Path, model, meta: dict) -> None:
+    """A vocabulary-pruned folder's id map (``vocab_map.json``) goes on the model as ``slim_vocab``."""
+    from slimwhisper.runtime.vocabmap import VOCAB_MAP_FILE, VocabMap
+
+    source_vocab = meta["spec"].get("source_vocab")
+    if not (p / VOCAB_MAP_FILE).is_file():
+        if source_vocab is not None:
+            raise ModelLoadError(f"pruned folder {p} is damaged: its vocabulary was pruned but {VOCAB_MAP_FILE} "
+                                 f"is missing; {RECREATE}")
+        return
+    vmap = VocabMap.load(p / VOCAB_MAP_FILE)
+    vmap.check(vocab=model.config.vocab_size, where=str(p))
+    if source_vocab != vmap.source_vocab:
+        raise ModelLoadError(f"{p}: {VOCAB_MAP_FILE} is for a {vmap.source_vocab}-token vocabulary but "
+                             f"{META_FILE} says {source_vocab}; {RECREATE}")
+    model.slim_vocab = vmap
 
 
 # Before "transformers" (30): a slim folder also has config.json and weights.

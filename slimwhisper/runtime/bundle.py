@@ -40,6 +40,7 @@ from slimwhisper.runtime.longform import (
     transcribe_long,
 )
 from slimwhisper.runtime.tokenizer import TokenDecoder
+from slimwhisper.runtime.vocabmap import VocabMap, VocabMapError
 
 FORMAT = "slimwhisper-bundle"
 FORMAT_VERSION = 1
@@ -199,6 +200,28 @@ def specials_from_manifest(m: dict) -> Specials:
                                      tok.get("no_speech")]))
 
 
+def _vocab_map(root: Path, m: dict, text: TokenDecoder, decoder) -> VocabMap | None:
+    """The bundle's id map, refused (one line) unless it fits its tokenizer and its graphs."""
+    entry, source_vocab = m.get("vocab_map"), m["spec"].get("source_vocab")
+    if entry is None:
+        if source_vocab is not None:
+            raise BundleError(f"{root}: the vocabulary was pruned but the manifest has no 'vocab_map'; re-export the bundle")
+        return None
+    if not isinstance(entry, dict) or not isinstance(entry.get("file"), str):
+        raise BundleError(f"{root}: manifest 'vocab_map' must name its file; re-export the bundle")
+    logits = decoder.get_outputs()[0].shape[-1]
+    try:
+        vmap = VocabMap.load(root / entry["file"])
+        vmap.check(vocab=m["spec"].get("vocab"), tokenizer_size=max(text.pieces) + 1, where=str(root))
+        vmap.check(vocab=logits if isinstance(logits, int) else None, where=f"{root} decoder graph")
+        if source_vocab != vmap.source_vocab:
+            raise VocabMapError(f"{root}: the id map is for {vmap.source_vocab} tokens, the manifest's spec says "
+                                f"{source_vocab}; re-export the bundle")
+    except VocabMapError as exc:
+        raise BundleError(str(exc).replace("\n", " ")) from exc
+    return vmap
+
+
 class BundleTranscriber:
     """Transcribe 16 kHz mono numpy audio with a bundle; torch is never imported."""
 
@@ -225,6 +248,11 @@ class BundleTranscriber:
         self.text = TokenDecoder(self.root / tok["file"], first_special=tok["eot"])
         enc = _session(self.root / files["encoder"], threads, providers, low_memory)
         dec = _session(self.root / files["decoder"], threads, providers, low_memory)
+        # Vocabulary-pruned (issue 12): the manifest's ids are original ids; the engine decodes in
+        # the graphs' ids, and ids are mapped back before detokenising and in every transcript.
+        self.vmap = _vocab_map(self.root, m, self.text, dec)
+        if self.vmap is not None:
+            self.specials = self.vmap.specials(self.specials)
         self.model = OnnxWhisper(enc, dec, CacheLayout.from_spec(m["spec"]), n_text_ctx=m["spec"]["n_text_ctx"])
         self.multilingual = bool(m["model"]["multilingual"])
         self.name = f"{m['model']['name']}[{self.variant}]"  # the Transcriber protocol's name
@@ -250,17 +278,21 @@ class BundleTranscriber:
         """The sot sequence (without <|notimestamps|>, which the engine adds when asked)."""
         tok = self.tokens
         if not self.multilingual:
-            return [tok["sot"]]
+            return self._ids([tok["sot"]])
         language = forced_language(language, True)  # None: English, the rule of every backend
         if language not in tok["languages"]:
             raise BundleError(f"language {language!r} is not one of this model's {len(tok['languages'])} languages")
-        return [tok["sot"], tok["languages"][language], tok[self.options.task]]
+        return self._ids([tok["sot"], tok["languages"][language], tok[self.options.task]])
+
+    def _ids(self, ids: list[int]) -> list[int]:
+        """Original ids -> the graphs' ids (the same unless the vocabulary was pruned)."""
+        return ids if self.vmap is None else self.vmap.to_new(ids)
 
     def features(self, audio: np.ndarray) -> np.ndarray:
         return log_mel(audio, self.mel_filters)[None]
 
     def detok(self, ids: list[int]) -> str:
-        return self.text.decode(ids)
+        return self.text.decode(ids if self.vmap is None else self.vmap.to_orig(ids))
 
     # ---- public API ---------------------------------------------------------------------------
     def transcribe(self, audio: np.ndarray, sr: int = SAMPLE_RATE, *, where: str = "audio") -> Transcript:
@@ -297,10 +329,12 @@ class BundleTranscriber:
         language = forced_language(self.options.language, self.multilingual)
         if self.multilingual and self.options.language == "auto":  # from the first window
             cross = self.model.encode(self.features(source.read(0, N_SAMPLES)))
-            language = self.model.detect_language(cross, self.tokens["sot"], self.tokens["languages"])
+            languages = {k: self._ids([v])[0] for k, v in self.tokens["languages"].items()}
+            language = self.model.detect_language(cross, self._ids([self.tokens["sot"]])[0], languages)
         return language
 
     def _transcript(self, long: LongForm, total_s: float, language: str | None) -> Transcript:
+        long = long if self.vmap is None else self.vmap.longform(long)
         extra = {"variant": self.variant, "decoding": self.options.engine.describe(), "fallbacks": long.fallbacks,
                  "silent_windows": long.skipped_silent}
         return Transcript(long.text, long.tokens, long.encoder_s, total_s, long.windows, long.segments,

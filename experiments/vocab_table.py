@@ -1,0 +1,164 @@
+"""Vocabulary pruning table (issue 12): dense vs vocabulary-pruned, torch and int8 bundle.
+
+For each model and ``--max-vocab`` the English-pruned model is made with ``slimwhisper.compress``
+(``PruneConfig(vocab=VocabConfig(...))``, the code behind ``slimwhisper prune --vocab en``),
+saved as a slim folder and exported as an int8 bundle; the dense model is exported the same way.
+Measured per row:
+
+* vocabulary size and parameters (``ArchSpec.params()``, equal to the saved tensors);
+* int8 bundle MB (every file of the bundle folder);
+* WER (Whisper's English normaliser) on ljspeech/dev (97), librispeech-clean-mini (14),
+  speechocean762/eval.tsv (120), plain greedy decoding without timestamps (``DecodeConfig``);
+* looping: utterances whose decoding hit the token cap (224), never hidden;
+* differ: hypotheses (normalised text) that differ from the unpruned model's on the same backend;
+* corpus and reference coverage of the kept tokens (the references are never used to choose).
+
+Decoder ms/token is NOT measured here (the machine this ran on was shared); ``--timing-command``
+prints the ``slimwhisper bench`` command that measures it for dense and pruned bundles in one run.
+
+    .venv/bin/python experiments/vocab_table.py --models tiny.en --max-vocab tiny.en=15000 --threads 1
+    .venv/bin/python experiments/vocab_table.py --models tiny.en base --timing-command
+
+Prints a Markdown table; JSON rows are rewritten after every row (``--resume`` skips rows it has).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from oneshot_table import CAP, DATA, EVALS, ROOT  # same folder: one list of evaluation sets
+
+DEFAULT_MAX = {"tiny.en": 15000, "base": 7000}  # sized for the issue's bundle targets (28 / 55 MB)
+
+
+def folder_mb(folder: Path) -> float:
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) / 1e6
+
+
+def make_models(model: str, n: int | None, work: Path, threads: int, bundle_too: bool = True) -> tuple[Path, Path]:
+    """(slim folder, int8 bundle) of ``model`` (dense when ``n`` is None), made once and reused."""
+    from slimwhisper.compress.prune import PruneConfig, prune
+    from slimwhisper.compress.vocab import VocabConfig
+    from slimwhisper.export.bundle import export_bundle
+    from slimwhisper.export.config import ExportConfig
+    from slimwhisper.models import load_model
+    from slimwhisper.models.slimdir import save_slim
+
+    name = "dense" if n is None else f"vocab-en-{n}"
+    slim, bundle = work / model / name, work / model / f"{name}-int8"
+    if not (slim / "model.safetensors").is_file():
+        if n is None:
+            save_slim(load_model(model), slim, force=True)
+        else:
+            refs = tuple(str(p) for p in EVALS.values() if p.exists())
+            prune(PruneConfig(model=model, out=str(slim), force=True, vocab=VocabConfig(max_vocab=n, references=refs)),
+                  progress=False)
+    if bundle_too and not (bundle / "manifest.json").is_file():
+        export_bundle(load_model(str(slim)), bundle, ExportConfig(quantize="int8", threads=threads), force=True,
+                      log=lambda m: None)
+    return slim, bundle
+
+
+def evaluate_on(backend: str, source: Path, key: str, limit: int | None) -> dict:
+    from slimwhisper.data import load_dataset
+    from slimwhisper.evaluate import evaluate
+    from slimwhisper.transcribe import DecodeConfig, make_transcriber
+
+    t0 = time.perf_counter()
+    tr = make_transcriber(backend, str(source), DecodeConfig(max_new_tokens=CAP))
+    res = evaluate(tr, load_dataset(str(EVALS[key]), limit=limit), progress=False)
+    return {"wer": res.wer, "looping": sum(u.tokens >= CAP for u in res.utterances), "n": res.n,
+            "hyps": {u.id: u.hyp for u in res.utterances}, "s": round(time.perf_counter() - t0, 1)}
+
+
+def row_for(model: str, n: int | None, backend: str, args) -> dict:
+    from slimwhisper.spec import ArchSpec
+
+    slim, bundle = make_models(model, n, Path(args.work), args.threads, bundle_too=backend == "bundle")
+    meta = json.loads((slim / "slimwhisper.json").read_text())
+    spec = ArchSpec.from_dict(meta["spec"])
+    pruning = json.loads((slim / "pruning.json").read_text())
+    vocab = (pruning.get("configs") or {}).get("vocab") or {}
+    row = {"model": model, "max_vocab": n, "backend": backend, "vocab": spec.vocab, "params": spec.params(),
+           "mflops_token": spec.flops(tokens=1, context=32)["decoder_token"] / 1e6, "bundle_mb": folder_mb(bundle) if bundle.is_dir() else float("nan"),
+           "coverage": vocab.get("report")}
+    source = slim if backend == "torch" else bundle
+    for key in args.evals:
+        row[key] = evaluate_on(backend, source, key, args.limit)
+    return row
+
+
+def differ(rows: list[dict]) -> None:
+    """Hypotheses that differ from the unpruned model's (same model, backend and set)."""
+    for r in rows:
+        base = next((d for d in rows if d["model"] == r["model"] and d["backend"] == r["backend"]
+                     and d["max_vocab"] is None), None)
+        for key in EVALS:
+            if key in r and base is not None and key in base:
+                from slimwhisper.text import normalize
+
+                a, b = r[key]["hyps"], base[key]["hyps"]
+                r[key]["differ"] = sum(normalize(a[i]) != normalize(b.get(i, "")) for i in a)
+
+
+def line(r: dict) -> str:
+    wers = " | ".join(f"{100 * r[k]['wer']:.2f} ({r[k]['looping']}, {r[k].get('differ', '-')})" if k in r else "-"
+                      for k in EVALS)
+    n = "dense" if r["max_vocab"] is None else str(r["max_vocab"])
+    return (f"| {r['model']} | {n} | {r['backend']} | {r['vocab']:,} | {r['params'] / 1e6:.2f} M | "
+            f"{r['mflops_token']:.1f} | {r['bundle_mb']:.1f} | {wers} |")
+
+
+def timing_command(models: list[str], maxes: dict, work: Path) -> str:
+    targets = []
+    for m in models:
+        targets += [str(work / m / "dense-int8"), str(work / m / f"vocab-en-{maxes[m]}-int8")]
+    return (".venv/bin/slimwhisper bench " + " ".join(targets) + " --backend onnx --data "
+            "../shared/data/ljspeech/dev.tsv --limit 20 --threads 1 --repeat 5 --out build/vocab/bench")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", nargs="+", default=["tiny.en"])
+    p.add_argument("--max-vocab", nargs="*", default=[], help="MODEL=N (default tiny.en=15000 base=7000)")
+    p.add_argument("--backends", nargs="+", default=["torch", "bundle"], choices=["torch", "bundle"])
+    p.add_argument("--evals", nargs="+", default=list(EVALS), choices=list(EVALS))
+    p.add_argument("--limit", type=int, default=None)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--work", default=str(ROOT / "build" / "vocab"))
+    p.add_argument("--json", default=str(ROOT / "build" / "vocab" / "vocab_table.json"))
+    p.add_argument("--resume", action="store_true")
+    p.add_argument("--timing-command", action="store_true", help="only print the bench command for ms/token")
+    args = p.parse_args()
+    maxes = {**DEFAULT_MAX, **{k: int(v) for k, v in (s.split("=") for s in args.max_vocab)}}
+    if args.timing_command:
+        print(timing_command(args.models, maxes, Path(args.work)))
+        return
+    import torch
+
+    torch.set_num_threads(args.threads)
+    out = Path(args.json)
+    rows = json.loads(out.read_text()) if args.resume and out.is_file() else []
+    for model in args.models:
+        for n in (None, maxes[model]):
+            for backend in args.backends:
+                if any(r["model"] == model and r["max_vocab"] == n and r["backend"] == backend for r in rows):
+                    continue
+                print(f"[{model}] max_vocab={n} {backend}", flush=True)
+                rows.append(row_for(model, n, backend, args))
+                differ(rows)
+                out.parent.mkdir(parents=True, exist_ok=True)
+                out.write_text(json.dumps(rows, indent=1))
+                print(line(rows[-1]), flush=True)
+    print("\n| model | max vocab | backend | vocab | params | MFLOPs/token | int8 bundle MB | "
+          + " | ".join(f"{k} WER (loop, differ)" for k in EVALS) + " |")
+    print("|" + "---|" * (7 + len(EVALS)))
+    for r in rows:
+        print(line(r))
+
+
+if __name__ == "__main__":
+    main()
