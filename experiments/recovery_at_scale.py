@@ -64,6 +64,8 @@ def main() -> None:
     ap.add_argument("--alpha", type=float, default=0.5, help="KD: weight of the pseudo-label CE")
     ap.add_argument("--temperature", type=float, default=2.0)
     ap.add_argument("--encoder-l2", type=float, default=1.0)
+    ap.add_argument("--train-embeddings", action="store_true", help="also train the (tied) embeddings")
+    ap.add_argument("--warmup", type=float, default=0.1)
     ap.add_argument("--evals", nargs="+", default=list(EVALS), choices=list(EVALS))
     args = ap.parse_args()
 
@@ -95,7 +97,7 @@ def main() -> None:
     rows: dict[str, dict] = json.loads(out_json.read_text()) if args.resume and out_json.exists() else {}
     dense = load_model(args.model)
     train = TrainConfig(str(TRAIN[0]), more_data=tuple(map(str, TRAIN[1:])), n=args.n, steps=args.steps,
-                        batch_size=args.batch, lr=args.lr, threads=args.threads, warmup=0.1)  # fmt: skip
+                        batch_size=args.batch, lr=args.lr, threads=args.threads, warmup=args.warmup)  # fmt: skip
 
     def done(name: str, folder: Path, loaded, cpu_s: float, **info) -> None:
         files, dense_files = file_params(folder), file_params(work / "dense")
@@ -145,7 +147,8 @@ def main() -> None:
             continue
         c0 = time.process_time()
         cfg = RecoverConfig(method, train, layerwise_steps=args.layerwise_steps, distill_alpha=args.alpha,
-                            distill_temperature=args.temperature, encoder_l2=args.encoder_l2)
+                            distill_temperature=args.temperature, encoder_l2=args.encoder_l2,
+                            freeze_embeddings=not args.train_embeddings)
         loaded = recover(load_model(str(pruned_dir)), cfg, teacher=dense, examples=items, progress=False)
         folder = save_recovered(loaded, work / name.replace("+", "_"), cfg, force=True)
         done(name, folder, loaded, time.process_time() - c0, train=loaded.extra["recovery"]["result"],

@@ -38,7 +38,8 @@ def folder_mb(folder: Path) -> float:
     return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) / 1e6
 
 
-def make_models(model: str, n: int | None, work: Path, threads: int, bundle_too: bool = True) -> tuple[Path, Path]:
+def make_models(model: str, n: int | None, work: Path, threads: int, bundle_too: bool = True,
+                texts: tuple[str, ...] = ()) -> tuple[Path, Path]:  # fmt: skip
     """(slim folder, int8 bundle) of ``model`` (dense when ``n`` is None), made once and reused."""
     from slimwhisper.compress.prune import PruneConfig, prune
     from slimwhisper.compress.vocab import VocabConfig
@@ -47,14 +48,14 @@ def make_models(model: str, n: int | None, work: Path, threads: int, bundle_too:
     from slimwhisper.models import load_model
     from slimwhisper.models.slimdir import save_slim
 
-    name = "dense" if n is None else f"vocab-en-{n}"
+    name = "dense" if n is None else f"vocab-en-{n}" + ("-text" if texts else "")
     slim, bundle = work / model / name, work / model / f"{name}-int8"
     if not (slim / "model.safetensors").is_file():
         if n is None:
             save_slim(load_model(model), slim, force=True)
         else:
             refs = tuple(str(p) for p in EVALS.values() if p.exists())
-            prune(PruneConfig(model=model, out=str(slim), force=True, vocab=VocabConfig(max_vocab=n, references=refs)),
+            prune(PruneConfig(model=model, out=str(slim), force=True, vocab=VocabConfig(max_vocab=n, references=refs, texts=texts)),
                   progress=False)
     if bundle_too and not (bundle / "manifest.json").is_file():
         export_bundle(load_model(str(slim)), bundle, ExportConfig(quantize="int8", threads=threads), force=True,
@@ -77,14 +78,15 @@ def evaluate_on(backend: str, source: Path, key: str, limit: int | None) -> dict
 def row_for(model: str, n: int | None, backend: str, args) -> dict:
     from slimwhisper.spec import ArchSpec
 
-    slim, bundle = make_models(model, n, Path(args.work), args.threads, bundle_too=backend == "bundle")
+    texts = tuple(args.vocab_text) if n is not None else ()
+    slim, bundle = make_models(model, n, Path(args.work), args.threads, bundle_too=backend == "bundle", texts=texts)
     meta = json.loads((slim / "slimwhisper.json").read_text())
     spec = ArchSpec.from_dict(meta["spec"])
     pruning = json.loads((slim / "pruning.json").read_text())
     vocab = (pruning.get("configs") or {}).get("vocab") or {}
     row = {"model": model, "max_vocab": n, "backend": backend, "vocab": spec.vocab, "params": spec.params(),
            "mflops_token": spec.flops(tokens=1, context=32)["decoder_token"] / 1e6, "bundle_mb": folder_mb(bundle) if bundle.is_dir() else float("nan"),
-           "coverage": vocab.get("report")}
+           "coverage": vocab.get("report"), "texts": list(texts)}
     source = slim if backend == "torch" else bundle
     for key in args.evals:
         row[key] = evaluate_on(backend, source, key, args.limit)
@@ -107,7 +109,7 @@ def differ(rows: list[dict]) -> None:
 def line(r: dict) -> str:
     wers = " | ".join(f"{100 * r[k]['wer']:.2f} ({r[k]['looping']}, {r[k].get('differ', '-')})" if k in r else "-"
                       for k in EVALS)
-    n = "dense" if r["max_vocab"] is None else str(r["max_vocab"])
+    n = "dense" if r["max_vocab"] is None else str(r["max_vocab"]) + (" +text" if r.get("texts") else "")
     return (f"| {r['model']} | {n} | {r['backend']} | {r['vocab']:,} | {r['params'] / 1e6:.2f} M | "
             f"{r['mflops_token']:.1f} | {r['bundle_mb']:.1f} | {wers} |")
 
@@ -131,6 +133,8 @@ def main() -> None:
     p.add_argument("--work", default=str(ROOT / "build" / "vocab"))
     p.add_argument("--json", default=str(ROOT / "build" / "vocab" / "vocab_table.json"))
     p.add_argument("--resume", action="store_true")
+    p.add_argument("--vocab-text", nargs="*", default=[], help="training transcripts joining the corpus "
+                   "(e.g. ../shared/data/ljspeech/train.tsv)")
     p.add_argument("--timing-command", action="store_true", help="only print the bench command for ms/token")
     args = p.parse_args()
     maxes = {**DEFAULT_MAX, **{k: int(v) for k, v in (s.split("=") for s in args.max_vocab)}}
@@ -145,7 +149,9 @@ def main() -> None:
     for model in args.models:
         for n in (None, maxes[model]):
             for backend in args.backends:
-                if any(r["model"] == model and r["max_vocab"] == n and r["backend"] == backend for r in rows):
+                texts = list(args.vocab_text) if n is not None else []
+                if any(r["model"] == model and r["max_vocab"] == n and r["backend"] == backend
+                       and r.get("texts", []) == texts for r in rows):
                     continue
                 print(f"[{model}] max_vocab={n} {backend}", flush=True)
                 rows.append(row_for(model, n, backend, args))

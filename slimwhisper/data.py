@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -158,6 +158,47 @@ def load_dataset(path: Path | str, limit: int | None = None, skip_bad: bool = Fa
     root = path if path.is_dir() else path.parent
     name = root.name if path.is_dir() or path.name == MANIFEST_NAME else f"{root.name}/{path.stem}"
     return Dataset(name=name, root=root, format=fmt.name, items=items, problems=problems, meta=_read_meta(root))
+
+
+# ---- evaluation sets: never trained or calibrated on (the workplace's rule) ------------------------
+
+EVAL_SETS = ("ljspeech/dev.tsv", "librispeech-clean-mini", "speechocean762/eval.tsv", "misc-real")
+
+
+def _eval_root(path: Path) -> Path | None:
+    for parent in [path, *path.parents]:
+        if any((parent / e).exists() for e in EVAL_SETS):
+            return parent
+    return None
+
+
+def evaluation_sets(paths: Sequence[str | Path]) -> set[Path]:
+    """The evaluation sets (resolved) next to any of ``paths``."""
+    roots = {r for r in (_eval_root(Path(p).resolve()) for p in paths) if r is not None}
+    return {(root / rel).resolve() for root in roots for rel in EVAL_SETS if (root / rel).exists()}
+
+
+def evaluation_audio(paths: Sequence[str | Path]) -> tuple[set[Path], set[Path]]:
+    """(evaluation set paths, their audio files) near any of ``paths``."""
+    sets, audio = evaluation_sets(paths), set()
+    for p in sets:
+        try:
+            audio |= {item.path.resolve() for item in load_dataset(p, skip_bad=True).items}
+        except DataError:
+            continue
+    return sets, audio
+
+
+def evaluation_problems(paths: Sequence[str | Path], eval_sets: set[Path] | None = None, use: str = "train") -> list[str]:
+    """One line for each of ``paths`` that is (or lies inside) an evaluation set: never ``use`` on it."""
+    eval_sets = evaluation_sets(paths) if eval_sets is None else eval_sets
+    out = []
+    for p in paths:
+        r = Path(p).resolve()
+        if r in eval_sets or any(r.is_relative_to(s) for s in eval_sets if s.is_dir()):
+            out.append(f"{p} is an evaluation set: never {use} on it (use ljspeech/train.tsv, "
+                       "librispeech-train-unlabeled, asterisk-prompts, speechocean762/train.tsv)")  # fmt: skip
+    return out
 
 
 def _read_meta(root: Path) -> dict:

@@ -260,3 +260,14 @@ def test_what_ships_to_a_device_is_only_the_runtime():
     wrong = {f for f in outside if f not in {"numpy", "onnxruntime", "slimwhisper", "slimwhisper.errors"}
              and not f.startswith("slimwhisper.runtime")}
     assert "numpy" in outside and not wrong, wrong
+
+
+def test_fit_phase_recovers_efficiency_and_overhead_and_falls_back_when_runs_are_alike():
+    from slimwhisper.devices.calibrate import fit_phase
+
+    roofs = [0.002, 0.004, 0.009]
+    measured = [r / 0.4 + 0.0015 for r in roofs]  # efficiency 0.4, 1.5 ms per call
+    eff, ms = fit_phase(roofs, measured, prior_ms=0.0)
+    assert eff == pytest.approx(0.4, rel=1e-6) and ms == pytest.approx(1.5, rel=1e-6)
+    eff1, ms1 = fit_phase([0.004, 0.0041], [0.0115, 0.0118], prior_ms=0.5)  # too alike to separate the terms
+    assert ms1 == 0.5 and eff1 == pytest.approx(((0.004 / 0.011) * (0.0041 / 0.0113)) ** 0.5, rel=1e-6)

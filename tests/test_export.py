@@ -114,9 +114,10 @@ def test_int8_shares_the_tied_embedding_and_reports_parity(uneven_bundle):
     _, out, manifest = uneven_bundle
     assert set(manifest["variants"]) == {"fp32", "int8", "int8-ort"} and manifest["default_variant"] == "int8"
     dec = onnx.load(str(out / "decoder.int8.onnx"))
-    big = [(i.name, i.data_type) for i in dec.graph.initializer if 51864 in i.dims and len(i.dims) == 2]
-    assert big == [("proj_out.weight_T_quantized", onnx.TensorProto.INT8)]  # one table, 1 byte/weight
-    assert "MatMulInteger" in {n.op_type for n in dec.graph.node}
+    big = [(i.name, i.data_type) for i in dec.graph.initializer if int(np.prod(i.dims)) >= 51864 * 64]
+    assert big == [("proj_out.weight_T_Q8", onnx.TensorProto.UINT8)]  # one table, 1 byte/weight
+    ops = {n.op_type for n in dec.graph.node}
+    assert {"MatMulInteger", "MatMulNBits"} <= ops  # layers: int8 activations; projection: fp32 activations
     rep = manifest["parity"]["int8"]
     assert rep["checked"] and 0.0 <= rep["token_agreement"] <= 1.0 and rep["logits_max_abs"] > 0
     assert manifest["parity"]["fp32"]["tokens_identical"]
@@ -172,8 +173,8 @@ def test_manifest_lists_sha256_of_every_file(tiny_bundle):
 
 def test_export_config_reports_every_problem():
     with pytest.raises(ExportConfigError) as err:
-        ExportConfig(quantize="int4", opset=9, threads=0)
-    assert len(err.value.problems) == 3
+        ExportConfig(quantize="int4", opset=9, threads=0, int8_encoder_activations="no")
+    assert len(err.value.problems) == 4
     cfg = ExportConfig(quantize="int8")
     assert ExportConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
 
@@ -226,3 +227,14 @@ def test_shrink_remaining_fp32_keeps_outputs(tmp_path):
     assert "w" not in types and "table" not in types
     after = ort.InferenceSession(str(path)).run(None, {"x": x})[0]
     assert np.max(np.abs(after - before)) < 0.05 * np.max(np.abs(before))
+
+
+@pytest.mark.parametrize("int8_activations, level", [(True, 4), (False, 1)])
+def test_int8_encoder_activation_choice_sets_the_kernel_accuracy_level(uneven_bundle, tmp_path, int8_activations, level):
+    from slimwhisper.export.quantize import quantize_int8
+
+    _, out, _ = uneven_bundle
+    dst = tmp_path / "encoder.int8.onnx"
+    quantize_int8(out / "encoder.onnx", dst, "encoder", ExportConfig(quantize="int8", int8_encoder_activations=int8_activations))
+    nbits = [n for n in onnx.load(str(dst)).graph.node if n.op_type == "MatMulNBits"]
+    assert nbits and all(next(a.i for a in n.attribute if a.name == "accuracy_level") == level for n in nbits)

@@ -163,3 +163,16 @@ def test_bad_train_config_lists_every_problem():
         TrainConfig("", n=0, steps=3, epochs=2, lr=-1)
     text = str(err.value)
     assert all(word in text for word in ("train.data", "train.n", "not both", "train.lr"))
+
+
+@pytest.mark.parametrize("freeze", [True, False])
+def test_finetune_freezes_the_tied_embeddings_unless_asked(pruned, freeze):
+    loaded = copy.deepcopy(pruned)
+    before = {k: v.clone() for k, v in loaded.model.state_dict().items()}
+    recover(loaded, cfg("finetune", steps=2, freeze_embeddings=freeze), teacher=tiny_random_loaded(), examples=examples(), progress=False)
+    after = loaded.model.state_dict()
+    moved = {k for k in after if not torch.equal(after[k], before[k])}
+    embeds = {"model.decoder.embed_tokens.weight", "model.decoder.embed_positions.weight"}
+    assert "model.decoder.layers.0.fc2.weight" in moved
+    assert (moved & embeds) == (set() if freeze else embeds)
+    assert torch.equal(after["proj_out.weight"], after["model.decoder.embed_tokens.weight"])  # still tied

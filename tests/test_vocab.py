@@ -60,6 +60,25 @@ def test_bad_vocab_settings_are_refused(tokenizer):
         select_tokens(tokenizer, VocabConfig(max_vocab=need - 1, words=100), **QUIET)
 
 
+def test_training_transcripts_join_the_corpus_and_evaluation_sets_are_refused(tokenizer, tmp_path):
+    root = tmp_path / "data"
+    (root / "ljspeech" / "audio").mkdir(parents=True)
+    (root / "ljspeech" / "dev.tsv").write_text("")  # marks root as a shared/data-like folder with an eval set
+    import soundfile as sf
+
+    sf.write(root / "ljspeech" / "audio" / "a.wav", np.zeros(1600, dtype=np.float32), 16000)
+    (root / "ljspeech" / "train.tsv").write_text("a\taudio/a.wav\tZyxqvortle Brumbelwick spoke.\nb\taudio/a.wav\tSHOUTED LINE\n")
+    lines: list[str] = []
+    plain = select_tokens(tokenizer, VocabConfig(max_vocab=2500, words=2000), **QUIET)
+    withtext = select_tokens(tokenizer, VocabConfig(max_vocab=2500, words=2000, texts=(str(root / "ljspeech" / "train.tsv"),)),
+                             log=lines.append)
+    rare = set(tokenizer(" Zyxqvortle Brumbelwick", add_special_tokens=False)["input_ids"])
+    assert not rare <= set(plain.kept) and rare <= set(withtext.kept)
+    assert any("1 training transcripts (1 all-upper-case lines skipped)" in ln for ln in lines)
+    with pytest.raises(VocabError, match="is an evaluation set: never choose the vocabulary on it"):
+        VocabConfig(texts=(str(root / "ljspeech" / "dev.tsv"),))
+
+
 # ---- the sliced model -------------------------------------------------------------------------------
 
 KEPT = [0, 1, 2, *range(5, 100, 3)]  # tiny_whisper: pad 0, bos/decoder_start 1, eos 2
@@ -178,7 +197,7 @@ def test_bundle_round_trip_returns_original_ids_and_refuses_a_wrong_map(pruned_r
     import onnx
 
     inits = [i.name for i in onnx.load(str(bundle / "decoder.int8.onnx")).graph.initializer]
-    assert sum("proj_out" in n and n.endswith("_quantized") for n in inits) == 1
+    assert sum("proj_out" in n and n.endswith("_Q8") for n in inits) == 1
     bad = {**json.loads((bundle / VOCAB_MAP_FILE).read_text())}
     bad["kept"], bad["size"] = bad["kept"][:-1], bad["size"] - 1
     (bundle / VOCAB_MAP_FILE).write_text(json.dumps(bad))

@@ -148,6 +148,8 @@ def prune(
                               "fraction (0-1] of the corpus's tokens.")] = None,
     vocab_refs: Annotated[list[Path] | None, typer.Option(help="Labelled data whose references' coverage is reported "
                           "(never used to choose tokens); repeatable.")] = None,
+    vocab_text: Annotated[list[Path] | None, typer.Option(help="Labelled TRAINING data whose transcripts join the "
+                          "corpus as running text (never an evaluation set); repeatable.")] = None,
     calib_n: Annotated[int | None, typer.Option("--calib-n", min=1, help="Calibration utterances (random, --seed; "
                        "default: the recipe's, else 32).")] = None,
     stats_stride: Annotated[int | None, typer.Option(min=1, help="Keep every N-th encoder frame in the re-fit's "
@@ -184,13 +186,14 @@ def prune(
         target_params=target_params, target_flops=target_flops, channel_pattern=channel_pattern,
     )  # fmt: skip
     vocab_cfg = None
-    if vocab is not None or max_vocab is not None or vocab_coverage is not None:
+    if vocab is not None or max_vocab is not None or vocab_coverage is not None or vocab_text:
         from slimwhisper.compress.vocab import VocabConfig, VocabError
 
         if vocab is None:
-            raise VocabError("--max-vocab / --vocab-coverage need --vocab LANG (e.g. --vocab en)")
+            raise VocabError("--max-vocab / --vocab-coverage / --vocab-text need --vocab LANG (e.g. --vocab en)")
         vocab_cfg = VocabConfig(language=vocab, max_vocab=max_vocab, coverage=vocab_coverage,
-                                references=tuple(str(r) for r in vocab_refs or ()))
+                                references=tuple(str(r) for r in vocab_refs or ()),
+                                texts=tuple(str(t) for t in vocab_text or ()))
     structured = options_alloc != AllocConfig() or recipe is not None or plan is not None
     alloc, score_cfg, recipe_reconstruct = (choose_alloc(recipe, plan, score, options_alloc) if structured or vocab_cfg is None
                                             else (None, ScoreConfig(score or "magnitude"), None))  # fmt: skip

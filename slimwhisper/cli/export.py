@@ -18,6 +18,9 @@ def export_command(
     quantize: Annotated[str | None, typer.Option(help="int8: dynamic per-channel int8 weights (default fp32).")] = None,
     fp16: Annotated[bool, typer.Option("--fp16", help="Also write fp16 graphs (for GPU providers).")] = False,
     ort: Annotated[bool, typer.Option("--ort", help="Also write .ort files + required_operators.config (ORT Mobile).")] = False,
+    int8_activations: Annotated[bool, typer.Option("--int8-encoder-activations/--fp32-encoder-activations",
+                                help="int8 encoder: quantise activations at run time (VNNI / dot-product kernels) "
+                                     "or keep them fp32 (more accurate; as fast on AVX2-only CPUs).")] = True,
     force: ForceOpt = False,
     clips: Annotated[int, typer.Option(help="Clips decoded greedily in the parity check.")] = 2,
     threads: Annotated[int, typer.Option(min=1, help="onnxruntime threads for the parity check.")] = 2,
@@ -37,7 +40,8 @@ def export_command(
         path = export_file(fmt, model, out, force=force, bundle_options={"--quantize": quantize, "--fp16": fp16, "--ort": ort})
         typer.echo(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, ggml f16 for whisper.cpp)")
         return
-    config = ExportConfig(quantize=quantize, fp16=fp16, ort=ort, parity_clips=clips, threads=threads)
+    config = ExportConfig(quantize=quantize, fp16=fp16, ort=ort, parity_clips=clips, threads=threads,
+                          int8_encoder_activations=int8_activations)
     check_output(out, "bundle", force=force, inputs=[model])  # before the (slow) model load
     quiet_libraries()
     loaded = load_model(model)

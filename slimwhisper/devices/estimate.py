@@ -110,7 +110,8 @@ def phase_estimate(phase: str, work: Workload, profile: DeviceProfile, precision
     cal = profile.phase_calibration(phase, precision)
     eff = float(cal["efficiency"]) if cal else PRIOR_EFFICIENCY[phase]
     overhead = profile.value("call_overhead_ms") or {}
-    seconds = roof / eff + float(overhead.get(phase, 0.0)) / 1000
+    fixed_ms = float(cal["overhead_ms"]) if cal and "overhead_ms" in cal else float(overhead.get(phase, 0.0))
+    seconds = roof / eff + fixed_ms / 1000
     return PhaseEstimate(seconds, roof, "compute" if t_compute >= t_memory else "memory", eff,
                          int(cal["runs"]) if cal else 0, work.flops, work.bytes)
 

@@ -90,7 +90,7 @@ def _write(loaded, model, spec, tmp: Path, config: ExportConfig, log) -> dict:
         if wanted:
             variants[name] = {}
             for part in ("encoder", "decoder"):
-                VARIANTS[name](tmp / f"{part}.onnx", tmp / f"{part}.{name}.onnx", part)
+                VARIANTS[name](tmp / f"{part}.onnx", tmp / f"{part}.{name}.onnx", part, config)
                 variants[name][part] = f"{part}.{name}.onnx"
     fe = loaded.processor.feature_extractor
     np.save(tmp / "mel_filters.npy", np.asarray(fe.mel_filters, dtype=np.float32))

@@ -79,6 +79,11 @@ class RecoverConfig:
     layerwise_steps: int = 50
     layerwise_lr: float = 3e-4
     spec_augment: bool = False
+    # Token + positional embeddings (the token table is tied to the output projection) stay frozen:
+    # a few hundred training clips use a few thousand of the 51,864 tokens, and updating the tied
+    # projection on them pushes down every token they never use. tiny.en at 35%, 240 KD steps at
+    # lr 2e-4 with them trainable: ljspeech/dev WER 7.50% -> 17.42% while the training loss fell.
+    freeze_embeddings: bool = True
 
     def __post_init__(self) -> None:
         problems = []
@@ -111,6 +116,8 @@ class RecoverConfig:
             problems.append(f"encoder_l2 must be a number >= 0, got {self.encoder_l2!r}")
         if self.decoder_only not in (None, True, False) or self.spec_augment not in (True, False):
             problems.append("decoder_only must be true, false or null and spec_augment true or false")
+        if self.freeze_embeddings not in (True, False):
+            problems.append(f"freeze_embeddings must be true or false, got {self.freeze_embeddings!r}")
         if self.decoder_only is True and self.spec_augment:
             problems.append("spec_augment masks the encoder's input; with decoder_only the encoder is skipped")
         if problems:
@@ -131,7 +138,25 @@ class RecoverConfig:
             "layerwise_steps": self.layerwise_steps,
             "layerwise_lr": self.layerwise_lr,
             "spec_augment": self.spec_augment,
+            "freeze_embeddings": self.freeze_embeddings,
         }
+
+
+EMBEDDINGS = ("embed_tokens", "embed_positions", "proj_out")
+
+
+def trainable(model, config: RecoverConfig, *, skip_encoder: bool = False) -> list[torch.nn.Parameter]:
+    """The parameters a full-weight method trains: all, less the encoder (decoder-side recovery)
+    and, with ``freeze_embeddings``, less the token/positional embeddings and the tied projection."""
+    out, seen = [], set()
+    for name, p in model.named_parameters():
+        if (skip_encoder and name.startswith("model.encoder.")) or id(p) in seen:
+            continue
+        if config.freeze_embeddings and any(part in EMBEDDINGS for part in name.split(".")):
+            continue
+        seen.add(id(p))
+        out.append(p)
+    return out
 
 
 def _positive(x) -> bool:
@@ -181,7 +206,7 @@ def register_recovery(method: RecoverMethod):
 
 @register_recovery(RecoverMethod.FINETUNE)
 def _finetune(ctx: Context) -> TrainResult:
-    return ctx.run(loss_fn=ce_loss, params=list(ctx.loaded.model.parameters()))
+    return ctx.run(loss_fn=ce_loss, params=trainable(ctx.loaded.model, ctx.config))
 
 
 @register_recovery(RecoverMethod.LORA)
@@ -283,9 +308,7 @@ def _kd(ctx: Context, decoder_only: bool, stage: str | None = None) -> TrainResu
         if cfg.spec_augment:
             ctx.log("spec_augment: not applied (the encoder is skipped; its input is never seen)")
         ctx.info["decoder_side"] = measure_speedup(ctx, loss_fn)
-        params = [p for n, p in model.named_parameters() if not n.startswith("model.encoder.")]
-    else:
-        params = list(model.parameters())
+    params = trainable(model, cfg, skip_encoder=decoder_only)
     return ctx.run(stage, loss_fn=loss_fn, params=params)
 
 

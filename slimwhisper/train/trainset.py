@@ -14,38 +14,14 @@ import random
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from slimwhisper.data import EVAL_SETS, evaluation_audio, evaluation_problems
 from slimwhisper.errors import UserError, raise_problems
 
-EVAL_SETS = ("ljspeech/dev.tsv", "librispeech-clean-mini", "speechocean762/eval.tsv", "misc-real")
+__all__ = ["EVAL_SETS", "TrainDataError", "evaluation_audio", "select_utterances"]
 
 
 class TrainDataError(UserError, ValueError):
     """The training data is unusable (missing, empty, or an evaluation set)."""
-
-
-def _eval_root(path: Path) -> Path | None:
-    for parent in [path, *path.parents]:
-        if any((parent / e).exists() for e in EVAL_SETS):
-            return parent
-    return None
-
-
-def evaluation_audio(paths: Sequence[str | Path]) -> tuple[set[Path], set[Path]]:
-    """(evaluation set paths, their audio files) near any of ``paths``."""
-    from slimwhisper.data import DataError, load_dataset
-
-    sets, audio = set(), set()
-    for root in {r for r in (_eval_root(Path(p).resolve()) for p in paths) if r is not None}:
-        for rel in EVAL_SETS:
-            p = root / rel
-            if not p.exists():
-                continue
-            sets.add(p.resolve())
-            try:
-                audio |= {item.path.resolve() for item in load_dataset(p, skip_bad=True).items}
-            except DataError:
-                continue
-    return sets, audio
 
 
 def select_utterances(paths: Sequence[str], n: int, seed: int, log: Callable[[str], None] = print) -> list:
@@ -59,9 +35,8 @@ def select_utterances(paths: Sequence[str], n: int, seed: int, log: Callable[[st
         if not path.exists():
             problems.append(f"training data {p} does not exist")
             continue
-        if path.resolve() in eval_sets or any(path.resolve().is_relative_to(s) for s in eval_sets if s.is_dir()):
-            problems.append(f"{p} is an evaluation set: never train on it (train on ljspeech/train.tsv, "
-                            "librispeech-train-unlabeled, asterisk-prompts, speechocean762/train.tsv)")  # fmt: skip
+        if found := evaluation_problems([p], eval_sets, "train"):
+            problems += found
             continue
         try:
             ds = load_dataset(path)
