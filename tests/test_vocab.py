@@ -36,9 +36,10 @@ def tokenizer():
 
 def test_selection_keeps_specials_timestamps_and_bytes(tokenizer):
     eot = tokenizer.convert_tokens_to_ids("<|endoftext|>")
-    sel = select_tokens(tokenizer, VocabConfig(max_vocab=3000, words=2000), **QUIET)
+    sel = select_tokens(tokenizer, VocabConfig(max_vocab=5000, words=2000), **QUIET)
     kept = set(sel.kept)
-    assert len(sel.kept) == 3000 and list(sel.kept) == sorted(kept)
+    assert len(sel.kept) == 5000 and list(sel.kept) == sorted(kept)
+    assert {tokenizer.convert_tokens_to_ids(p) for p in ("Ġ275", "000", "Ġ1840")} <= kept  # every digit token
     assert set(range(eot, 51864)) <= kept  # specials, no-speech, every timestamp
     single = {i for p, i in tokenizer.get_vocab().items() if len(p) == 1}
     assert len(single) >= 256 and single <= kept
@@ -69,8 +70,8 @@ def test_training_transcripts_join_the_corpus_and_evaluation_sets_are_refused(to
     sf.write(root / "ljspeech" / "audio" / "a.wav", np.zeros(1600, dtype=np.float32), 16000)
     (root / "ljspeech" / "train.tsv").write_text("a\taudio/a.wav\tZyxqvortle Brumbelwick spoke.\nb\taudio/a.wav\tSHOUTED LINE\n")
     lines: list[str] = []
-    plain = select_tokens(tokenizer, VocabConfig(max_vocab=2500, words=2000), **QUIET)
-    withtext = select_tokens(tokenizer, VocabConfig(max_vocab=2500, words=2000, texts=(str(root / "ljspeech" / "train.tsv"),)),
+    plain = select_tokens(tokenizer, VocabConfig(max_vocab=4500, words=2000), **QUIET)
+    withtext = select_tokens(tokenizer, VocabConfig(max_vocab=4500, words=2000, texts=(str(root / "ljspeech" / "train.tsv"),)),
                              log=lines.append)
     rare = set(tokenizer(" Zyxqvortle Brumbelwick", add_special_tokens=False)["input_ids"])
     assert not rare <= set(plain.kept) and rare <= set(withtext.kept)

@@ -162,7 +162,11 @@ register_language(Language("en", english_corpus, "English: wordfreq 3.1 word lis
 
 def required_ids(tokenizer) -> set[int]:
     """Ids kept whatever the budget: >= <|endoftext|> (specials, languages, tasks, no-speech,
-    timestamps), added special tokens, and the 256 single-byte tokens (GPT-2's byte alphabet)."""
+    timestamps), added special tokens, the 256 single-byte tokens (GPT-2's byte alphabet), and
+    every digit token (" 275", "000": 1,691 in Whisper's vocabulary). Whisper writes numbers with
+    digits in every language, and a number whose usual token is gone comes out as words or loops:
+    at 30,000 tokens chosen by frequency, tiny.en wrote "15,000" as "15,00" and " 275" as
+    "$rt, $rt, ..." up to the token cap on ljspeech/dev."""
     vocab = tokenizer.get_vocab()
     eot = tokenizer.convert_tokens_to_ids("<|endoftext|>")
     size = max(vocab.values()) + 1
@@ -171,7 +175,8 @@ def required_ids(tokenizer) -> set[int]:
     single = {i for piece, i in vocab.items() if len(piece) == 1 and not piece.startswith("<|")}
     if len(single) < 256:
         raise VocabError(f"the tokenizer has {len(single)} single-byte tokens, expected 256: not a Whisper tokenizer")
-    return keep | single
+    digits = {i for piece, i in vocab.items() if piece.lstrip("Ġ").isdigit() and piece.lstrip("Ġ").isascii()}
+    return keep | single | digits
 
 
 def encoder_for(tokenizer, log=print) -> Callable[[list[str]], list[list[int]]]:
@@ -231,7 +236,7 @@ def select_tokens(tokenizer, config: VocabConfig, log=print) -> Selection:
                          "it is not a Whisper tokenizer for that language")
     if config.max_vocab is not None and config.max_vocab < len(required):
         raise VocabError(f"--max-vocab {config.max_vocab} is below the {len(required)} tokens that must be kept "
-                         f"(special, language, task, timestamp and 256 byte tokens); use --max-vocab {len(required)} or more")
+                         f"(special, language, task, timestamp, digit and 256 byte tokens); use --max-vocab {len(required)} or more")
     ranked = sorted((i for i in weights if i not in required), key=lambda i: (-weights[i], i))
     covered = sum(w for i, w in weights.items() if i in required)
     if config.max_vocab is not None:
