@@ -117,7 +117,7 @@ def test_int8_shares_the_tied_embedding_and_reports_parity(uneven_bundle):
     big = [(i.name, i.data_type) for i in dec.graph.initializer if int(np.prod(i.dims)) >= 51864 * 64]
     assert big == [("proj_out.weight_T_Q8", onnx.TensorProto.UINT8)]  # one table, 1 byte/weight
     ops = {n.op_type for n in dec.graph.node}
-    assert {"MatMulInteger", "MatMulNBits"} <= ops  # layers: int8 activations; projection: fp32 activations
+    assert {"MatMulInteger", "MatMulNBits"} <= ops  # layers: MatMulInteger; projection: MatMulNBits (per-block activations)
     rep = manifest["parity"]["int8"]
     assert rep["checked"] and 0.0 <= rep["token_agreement"] <= 1.0 and rep["logits_max_abs"] > 0
     assert manifest["parity"]["fp32"]["tokens_identical"]
