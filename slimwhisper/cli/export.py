@@ -20,7 +20,7 @@ def export_command(
     ort: Annotated[bool, typer.Option("--ort", help="Also write .ort files + required_operators.config (ORT Mobile).")] = False,
     int8_activations: Annotated[bool, typer.Option("--int8-encoder-activations/--fp32-encoder-activations",
                                 help="int8 encoder: quantise activations at run time (VNNI / dot-product kernels) "
-                                     "or keep them fp32 (more accurate; as fast on AVX2-only CPUs).")] = True,
+                                     "or keep them fp32 (more accurate; speed not yet measured on a quiet machine).")] = True,
     force: ForceOpt = False,
     clips: Annotated[int, typer.Option(help="Clips decoded greedily in the parity check.")] = 2,
     threads: Annotated[int, typer.Option(min=1, help="onnxruntime threads for the parity check.")] = 2,

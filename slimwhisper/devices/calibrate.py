@@ -153,8 +153,9 @@ def fit(profile: DeviceProfile, runs: list[Run]) -> DeviceProfile:
             roofs = [phase_estimate(phase, _workload(phase, r), base, precision, r.threads).roofline_s for r in mine]
             measured = [r.measured[phase] for r in mine]
             eff, fixed_ms = fit_phase(roofs, measured, float(overhead.get(phase, 0.0)))
-            if any(m - fixed_ms / 1000 <= 0 for m in measured):
-                raise DeviceError(f"{mine[0].id}: measured {phase} {min(measured) * 1000:.2f} ms is below the "
+            low = min(mine, key=lambda r: r.measured[phase])
+            if low.measured[phase] - fixed_ms / 1000 <= 0:
+                raise DeviceError(f"{low.id}: measured {phase} {low.measured[phase] * 1000:.2f} ms is below the "
                                   f"profile's per-call overhead; fix call_overhead_ms in {profile.path}")
             phases[f"{phase}/{precision}"] = {"efficiency": eff, "overhead_ms": round(fixed_ms, 4), "runs": len(mine),
                                               "fitted_on": [r.id for r in mine], "reports": sorted({r.report for r in mine})}  # fmt: skip

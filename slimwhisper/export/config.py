@@ -41,7 +41,7 @@ class ExportConfig:
     # quantised to int8 per row and block at run time (the VNNI / ARM dot-product int8 kernels);
     # False = accuracy_level 1, fp32 activations and weights dequantised inside the kernel. base's
     # encoder has outlier activation channels: relative output error 4.5% (level 4) vs 1.7% (level 1)
-    # on 3 ljspeech/dev clips, and on this AVX2-only CPU level 1 is not slower.
+    # on 3 ljspeech/dev clips; its speed was only compared on a busy machine (not slower there).
     int8_encoder_activations: bool = True
 
     def __post_init__(self) -> None:

@@ -129,11 +129,11 @@ def quantize_weight_only_int8(src: Path, dst: Path, block_size: int = 128, accur
 def share_nbits_embedding(path: Path) -> None:
     """Make the token embedding lookup read the projection's packed int8 ``MatMulNBits`` weight.
 
-    ``MatMulNBits`` stores ``W^T`` (d, vocab) as B (vocab, d / 128, 128) uint8 with one scale per
+    ``MatMulNBits`` stores ``W^T`` (d, vocab) as B (vocab, blocks, block) uint8 with one scale per
     vocabulary row and block, symmetric (zero point 128): row ``id`` of B is that token's embedding,
     ``(B[id] - 128) * scale[id]``, exactly the weights the projection multiplies by. The fp32
     table is then unused and removed, so the bundle stores the vocabulary matrix once, at 1 byte
-    per weight (+ 4 bytes per 128).
+    per weight (+ 4 bytes per block).
     """
     model = onnx.load(str(path))
     g = model.graph
@@ -149,6 +149,7 @@ def share_nbits_embedding(path: Path) -> None:
     consumer = next(n for n in g.node if gather.output[0] in n.input and n.op_type == "Transpose")  # (d, B, T) -> (B, T, d)
     out = consumer.output[0]
     d = int(inits[TIED].dims[0])
+    padded = int(np.prod(inits[q].dims[1:])) != d  # only when no block size divides d
     p = "embed_from_nbits"
     new = [
         helper.make_node("Gather", [q, ids], [f"{p}_q"], axis=0, name=f"{p}_gather_q"),  # (B, T, blocks, 128)
@@ -157,14 +158,16 @@ def share_nbits_embedding(path: Path) -> None:
         helper.make_node("Gather", [scale, ids], [f"{p}_s"], axis=0, name=f"{p}_gather_s"),  # (B, T, blocks)
         helper.make_node("Unsqueeze", [f"{p}_s", f"{p}_axes"], [f"{p}_su"], name=f"{p}_unsq_s"),
         helper.make_node("Mul", [f"{p}_c", f"{p}_su"], [f"{p}_m"], name=f"{p}_mul"),
-        helper.make_node("Reshape", [f"{p}_m", f"{p}_shape"], [f"{p}_r"], name=f"{p}_reshape"),  # (B, T, blocks*128)
-        helper.make_node("Slice", [f"{p}_r", f"{p}_start", f"{p}_end", f"{p}_axes"], [out], name=f"{p}_slice"),  # d
+        helper.make_node("Reshape", [f"{p}_m", f"{p}_shape"], [f"{p}_r" if padded else out], name=f"{p}_reshape"),
     ]
+    if padded:  # drop the zero padding of the last block: (B, T, blocks * block) -> (B, T, d)
+        new.append(helper.make_node("Slice", [f"{p}_r", f"{p}_start", f"{p}_end", f"{p}_axes"], [out], name=f"{p}_slice"))
     g.initializer.extend([numpy_helper.from_array(np.array(128.0, dtype=np.float32), f"{p}_zp"),
                           numpy_helper.from_array(np.array([-1], dtype=np.int64), f"{p}_axes"),
-                          numpy_helper.from_array(np.array([0, 0, -1], dtype=np.int64), f"{p}_shape"),
-                          numpy_helper.from_array(np.array([0], dtype=np.int64), f"{p}_start"),
-                          numpy_helper.from_array(np.array([d], dtype=np.int64), f"{p}_end")])
+                          numpy_helper.from_array(np.array([0, 0, -1], dtype=np.int64), f"{p}_shape")])
+    if padded:
+        g.initializer.extend([numpy_helper.from_array(np.array([0], dtype=np.int64), f"{p}_start"),
+                              numpy_helper.from_array(np.array([d], dtype=np.int64), f"{p}_end")])
     at = list(g.node).index(gather)
     g.node.remove(gather)
     g.node.remove(consumer)

@@ -148,15 +148,9 @@ EMBEDDINGS = ("embed_tokens", "embed_positions", "proj_out")
 def trainable(model, config: RecoverConfig, *, skip_encoder: bool = False) -> list[torch.nn.Parameter]:
     """The parameters a full-weight method trains: all, less the encoder (decoder-side recovery)
     and, with ``freeze_embeddings``, less the token/positional embeddings and the tied projection."""
-    out, seen = [], set()
-    for name, p in model.named_parameters():
-        if (skip_encoder and name.startswith("model.encoder.")) or id(p) in seen:
-            continue
-        if config.freeze_embeddings and any(part in EMBEDDINGS for part in name.split(".")):
-            continue
-        seen.add(id(p))
-        out.append(p)
-    return out
+    return [p for name, p in model.named_parameters()  # named_parameters lists a tied tensor once
+            if not (skip_encoder and name.startswith("model.encoder."))
+            and not (config.freeze_embeddings and any(part in EMBEDDINGS for part in name.split(".")))]
 
 
 def _positive(x) -> bool:
