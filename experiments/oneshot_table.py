@@ -12,7 +12,8 @@ calibration set, saved as a slim folder and measured:
 * looping: utterances whose decoding hit the token cap (224 per window), never hidden;
 * calibration seconds: labelling + statistics + scores + allocation + re-fit (``PruneResult.seconds``).
 
-Calibration uses only ``--calib`` (default ljspeech/train.tsv, disjoint from every eval set).
+Calibration uses only ``--calib`` (default ljspeech/train.tsv; several sets are drawn from together;
+evaluation sets are refused).
 
     .venv/bin/python experiments/oneshot_table.py --models tiny.en --targets 0.25 0.35 --threads 2
 
@@ -94,7 +95,8 @@ def prune_variant(model: str, v: Variant, target: float, args, out: Path):
     alloc = AllocConfig(threshold=v.threshold, target_params=target, sensitivity=SensAllocConfig(n=args.sens_n))
     config = PruneConfig(
         model=model, out=str(out), force=True, score=ScoreConfig(v.score), alloc=alloc,
-        calib=CalibConfig(args.calib, n=args.calib_n, seed=0), reconstruct=ReconstructConfig(v.method, sequential=v.sequential),
+        calib=CalibConfig(args.calib[0], n=args.calib_n, seed=0, more_data=tuple(args.calib[1:])),
+        reconstruct=ReconstructConfig(v.method, sequential=v.sequential),
         stats=StatsConfig(cache_dir=args.cache, stride=args.stride),
     )  # fmt: skip
     return prune(config, progress=False, log=lambda m: print("   ", m.replace("\n", "\n    "), flush=True))
@@ -163,7 +165,8 @@ def main() -> None:
     p.add_argument("--models", nargs="+", default=["tiny.en"])
     p.add_argument("--targets", nargs="+", type=float, default=[0.25, 0.35])
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
-    p.add_argument("--calib", default=str(DATA / "ljspeech" / "train.tsv"))
+    p.add_argument("--calib", nargs="+", default=[str(DATA / "ljspeech" / "train.tsv")],
+                   help="calibration sets, drawn from together (never an evaluation set)")
     p.add_argument("--calib-n", type=int, default=256)
     p.add_argument("--sens-n", type=int, default=8)
     p.add_argument("--stride", type=int, default=4, help="encoder frame stride for the Grams (1 = all 1500)")

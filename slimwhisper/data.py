@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -199,6 +200,49 @@ def evaluation_problems(paths: Sequence[str | Path], eval_sets: set[Path] | None
             out.append(f"{p} is an evaluation set: never {use} on it (use ljspeech/train.tsv, "
                        "librispeech-train-unlabeled, asterisk-prompts, speechocean762/train.tsv)")  # fmt: skip
     return out
+
+
+def select_utterances(paths: Sequence[str | Path], n: int, seed: int, log: Callable[[str], None] = print, *,
+                      error: type[UserError] | None = None, use: str = "train", what: str = "training") -> list[Utterance]:
+    """``n`` utterances (all when fewer) drawn with ``seed`` from the union of ``paths``; sorted by id.
+
+    Training and calibration data alike: an evaluation set is refused (by path), and the lines of a
+    hand-made manifest that point at evaluation audio are left out with a message. ``error`` is the
+    ``UserError`` subclass raised (default ``DataError``); ``use`` / ``what`` the verb and the noun of
+    the messages ("train" / "training", "calibrate" / "calibration").
+    """
+    from slimwhisper.errors import raise_problems
+
+    error = error or DataError
+    eval_sets, _ = evaluation_audio(paths)
+    problems, items, loaded = [], [], []
+    for p in paths:
+        if not Path(p).exists():
+            problems.append(f"{what} data {p} does not exist")
+        elif found := evaluation_problems([p], eval_sets, use):
+            problems += found
+        else:
+            try:
+                loaded.append((p, load_dataset(p)))
+            except DataError as exc:
+                problems.append(f"{what} data {p}: {exc}")
+    raise_problems(error, f"unusable {what} data", problems)
+    # evaluation sets next to the data AND next to its audio files (a manifest may point anywhere)
+    _, eval_audio = evaluation_audio([*paths, *{it.path.parent for _, ds in loaded for it in ds.items}])
+    for p, ds in loaded:
+        kept = [it for it in ds.items if it.path.resolve() not in eval_audio]
+        if len(kept) < len(ds.items):
+            log(f"{what} data {p}: {len(ds.items) - len(kept)} utterances are evaluation audio: left out")
+        items += [(ds, it) for it in kept]
+    if not items:
+        raise error(f"{what} data {', '.join(map(str, paths))} holds no utterance outside the evaluation sets")
+    if len(items) > n:
+        items = random.Random(seed).sample(items, n)
+    items.sort(key=lambda x: (str(x[0].root), x[1].id))
+    utts = [u for u in (ds.read(it) for ds, it in items) if u is not None]
+    if not utts:
+        raise error(f"no {what} utterance could be read from {', '.join(map(str, paths))}")
+    return utts
 
 
 def _read_meta(root: Path) -> dict:

@@ -32,6 +32,7 @@ from slimwhisper.compress.budget import (
     parse_seconds,
     search_budget,
     spec_after,
+    with_vocab,
 )
 from slimwhisper.compress.scores import score_groups
 from slimwhisper.compress.surgery import apply_plan
@@ -97,6 +98,26 @@ def test_search_meets_the_budget_and_one_step_less_misses_it(threshold, metric):
     assert smaller.remove < result.plan.remove
     assert budget.estimate(spec_after(spec, smaller)).total_s > budget.seconds
     assert "chosen" in logged[0] and "one step less" in logged[0] and "uncalibrated" in logged[0]
+
+
+def test_a_pruned_vocabulary_is_priced_and_needs_no_more_structure():
+    model = _model()
+    alloc = AllocConfig(threshold="global")
+    probe = LatencyBudget("rpi5", 1.0, clip_seconds=10)
+    spec, run = _allocator(model, probe.template(alloc))
+    small = with_vocab(spec, 10)
+    assert (small.vocab, small.source_vocab) == (10, spec.vocab) and small.params() < spec.params()
+    budget = dataclasses.replace(probe, seconds=0.7 * probe.estimate(spec).total_s)
+    full = search_budget(run, alloc, spec, budget, log=lambda *_: None)
+    priced = search_budget(run, alloc, spec, budget, log=lambda *_: None, vocab=10)
+    assert priced.budget["priced_vocab"] == 10 and full.budget["priced_vocab"] == spec.vocab
+    assert priced.plan.remove <= full.plan.remove
+    assert budget.estimate(spec_after(small, priced.plan)).total_s <= budget.seconds
+    assert priced.budget["dense_estimate"] == full.budget["dense_estimate"]  # the reference stays the dense model
+    # a budget the smaller vocabulary alone meets removes no structure (the dense model alone misses it)
+    between = (probe.estimate(small).total_s + probe.estimate(spec).total_s) / 2
+    alone = search_budget(run, alloc, spec, dataclasses.replace(probe, seconds=between), log=lambda *_: None, vocab=10)
+    assert not alone.plan.remove and alone.budget["fraction"] == 0.0
 
 
 def test_unreachable_budget_is_one_line_with_the_best_estimate_and_what_dominates():

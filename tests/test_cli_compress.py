@@ -80,6 +80,24 @@ def test_bad_input_exits_2_and_writes_nothing(dense, tmp_path, extra, message):
     assert not out.exists()
 
 
+def test_calibration_draws_from_several_sets_and_refuses_evaluation_sets(dense, data, tmp_path):
+    other = write_manifest(tmp_path / "other", n=2)
+    out = tmp_path / "out"
+    args = ["prune", "-m", str(dense), "--calib", str(data), "--calib", str(other), "--calib-n", "4", "--score", "fisher",
+            "--heads", "0.5", "--out", str(out), "-q", "--threads", "1"]  # fmt: skip
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "4 utterances" in result.output  # 2 + 2: both sets were drawn from
+    calib = json.loads((out / "pruning.json").read_text())["configs"]["prune"]["calib"]
+    assert calib["data"] == str(data) and calib["more_data"] == [str(other)]
+    ev = write_manifest(tmp_path / "shared" / "librispeech-clean-mini", n=1)
+    refused = tmp_path / "refused"
+    result = runner.invoke(app, ["prune", "-m", str(dense), "--calib", str(data), "--calib", str(ev), "--score", "fisher",
+                                 "--heads", "0.5", "--out", str(refused), "-q"])  # fmt: skip
+    assert result.exit_code == 2 and "is an evaluation set: never calibrate on it" in result.output
+    assert not refused.exists()
+
+
 def test_plan_with_unknown_head_lists_valid_names(dense, tmp_path):
     plan = tmp_path / "plan.json"
     plan.write_text(json.dumps({"remove": ["encoder.0.self_attn.head.9"]}))

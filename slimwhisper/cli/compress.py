@@ -23,10 +23,17 @@ LabelFreeOpt = Annotated[
 ]  # fmt: skip
 
 
+def calib_config(paths: list[Path], n: int, seed: int, label_free: bool | None):
+    from slimwhisper.compress.calib import CalibConfig
+
+    return CalibConfig(str(paths[0]), n=n, seed=seed, label_free=label_free, more_data=tuple(str(p) for p in paths[1:]))
+
+
 @app.command()
 def sensitivity(
     model: ModelOpt,
-    data: Annotated[Path, typer.Option(help="Calibration audio (.tsv or folder); references optional.")],
+    data: Annotated[list[Path], typer.Option(help="Calibration audio (.tsv or folder); references optional; "
+                    "repeatable: utterances are drawn from all sets together.")],
     out: Annotated[Path | None, typer.Option(help="Write the table as JSON here.")] = None,
     plot: Annotated[Path | None, typer.Option(help="Write a heat map PNG here.")] = None,
     calib_n: CalibNOpt = 64,
@@ -37,12 +44,11 @@ def sensitivity(
     quiet: QuietOpt = False,
 ) -> None:
     """Per-component sensitivity S_g (gradient/weight norm) and S_h (mean Fisher), arXiv 2511.08092."""
-    from slimwhisper.compress.calib import CalibConfig
     from slimwhisper.compress.sensitivity import SensitivityConfig, format_table, run_sensitivity
 
     config = SensitivityConfig(
         model=model,
-        calib=CalibConfig(str(data), n=calib_n, seed=seed, label_free=label_free),
+        calib=calib_config(data, calib_n, seed, label_free),
         out=None if out is None else str(out),
         plot=None if plot is None else str(plot),
         force=force,
@@ -101,7 +107,8 @@ def print_params(before: dict[str, int], after: dict[str, int]) -> None:
 def prune(
     model: ModelOpt,
     out: Annotated[Path, typer.Option(help="Folder for the pruned model (must not exist unless --force).")],
-    calib: Annotated[Path | None, typer.Option(help="Calibration audio (.tsv or folder) for gradient scores.")] = None,
+    calib: Annotated[list[Path] | None, typer.Option(help="Calibration audio (.tsv or folder) for gradient scores and "
+                     "re-fits; repeatable: utterances are drawn from all sets together (never an evaluation set).")] = None,
     score: Annotated[str | None, typer.Option(help="A registered importance score: gradient (fisher, taylor), "
                      "activation-aware from calibration Grams (obs, flap, wanda) or magnitude; default fisher, "
                      "or the recipe's. An unknown name lists them all.")] = None,
@@ -163,7 +170,6 @@ def prune(
     quiet: QuietOpt = False,
 ) -> None:
     """Remove heads / channels / neurons / layers and save a smaller model that reloads with --model OUT."""
-    from slimwhisper.compress.calib import CalibConfig
     from slimwhisper.compress.prune import PruneConfig
     from slimwhisper.compress.prune import prune as run_prune
     from slimwhisper.compress.allocate import AllocConfig
@@ -209,7 +215,7 @@ def prune(
         score=score_cfg,
         alloc=alloc,
         plan=None if plan is None else str(plan),
-        calib=None if calib is None else CalibConfig(str(calib), n=calib_n, seed=seed, label_free=label_free),
+        calib=calib_config(calib, calib_n, seed, label_free) if calib else None,
         stats=StatsConfig(stride=stride),
         force=force,
         eval_data=None if eval_data is None else str(eval_data),

@@ -233,10 +233,20 @@ class _Search:
         return lo, best
 
 
+def with_vocab(spec: ArchSpec, kept: int) -> ArchSpec:
+    """``spec`` after vocabulary pruning to ``kept`` tokens (what ``vocabprune.slice_vocab`` makes)."""
+    return dataclasses.replace(spec, vocab=kept, source_vocab=spec.source_vocab or spec.vocab)
+
+
 def search_budget(allocate_at: AllocateFn, alloc: AllocConfig, spec: ArchSpec, budget: LatencyBudget,
-                  log=print) -> BudgetAllocation:
-    """The smallest budget fraction whose plan's estimate is <= ``budget.seconds`` (see the module doc)."""
-    s = _Search(allocate_at, budget.template(alloc), spec, budget)
+                  log=print, vocab: int | None = None) -> BudgetAllocation:
+    """The smallest budget fraction whose plan's estimate is <= ``budget.seconds`` (see the module doc).
+
+    ``vocab``: the kept vocabulary when the same command also prunes it (after the structure); every
+    candidate is then priced with that smaller output projection, so the search removes no more
+    structure than the budget needs. A vocabulary alone that meets the budget gives fraction 0.
+    """
+    s = _Search(allocate_at, budget.template(alloc), spec if vocab is None else with_vocab(spec, vocab), budget)
     dense = budget.estimate(spec, s.profile)
     if dense.total_s <= budget.seconds:
         raise BudgetError(f"the dense model already meets the budget on {budget.device}: {dense.label} "
@@ -247,7 +257,7 @@ def search_budget(allocate_at: AllocateFn, alloc: AllocConfig, spec: ArchSpec, b
         return _result(s, 0.0, base, dense, None, log)
     f_max, top = s.top()
     if top[1].total_s > budget.seconds:
-        raise BudgetError(unreachable_message(budget, spec, top, dense))
+        raise BudgetError(unreachable_message(budget, s.spec, top, dense))
     lo, hi, below, found = 0.0, f_max, base, top
     for _ in range(STEPS):
         mid = (lo + hi) / 2
@@ -304,6 +314,7 @@ def _result(s: _Search, fraction: float, found: tuple[Allocation, Estimate], den
         "next_smaller": None if below is None else {"fraction": below[0], "removed_fraction": below[1][0].fraction,
                                                     "estimate": _est_dict(below[1][1])},
         "candidates_priced": len(s.priced), "allocations": s.calls, "notes": list(e.notes),
+        "priced_vocab": s.spec.vocab,
     }  # fmt: skip
     cut = [f"{k} {n}/{of}" for k, (n, of) in a.counts.items() if n]
     log(format_budget(record) + f"\n  plan: {len(a.plan.remove)} groups ({', '.join(cut) or 'none'})")

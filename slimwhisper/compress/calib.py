@@ -16,7 +16,6 @@ term need per-utterance gradients, which a batched backward would sum away.
 
 from __future__ import annotations
 
-import random
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -48,11 +47,15 @@ class CalibConfig:
     n: int = 32
     seed: int = 0
     label_free: bool | None = None
+    more_data: tuple[str, ...] = ()  # further sets, drawn from together with ``data`` (one speaker is not enough)
 
     def __post_init__(self) -> None:
         problems = []
         if not isinstance(self.data, str) or not self.data:
             problems.append("calib.data must be a dataset path (a folder with transcripts.tsv or a .tsv file)")
+        object.__setattr__(self, "more_data", (self.more_data,) if isinstance(self.more_data, str) else tuple(self.more_data))
+        if any(not isinstance(d, str) or not d for d in self.more_data):
+            problems.append(f"calib.more_data must be dataset paths, got {list(self.more_data)!r}")
         if not isinstance(self.n, int) or isinstance(self.n, bool) or self.n < 1:
             problems.append(f"calib.n must be an int >= 1, got {self.n!r}")
         if not isinstance(self.seed, int) or isinstance(self.seed, bool):
@@ -61,6 +64,10 @@ class CalibConfig:
             problems.append(f"calib.label_free must be true, false or null, got {self.label_free!r}")
         if problems:
             raise CalibError("invalid calibration config", problems)
+
+    @property
+    def datasets(self) -> list[str]:
+        return [self.data, *self.more_data]
 
 
 @dataclass
@@ -131,20 +138,14 @@ def text_tokens(loaded: LoadedModel, text: str) -> list[int]:
 
 
 def _select(config: CalibConfig) -> list:
-    """``config.n`` utterances drawn with ``config.seed``; only the chosen ones are decoded."""
-    from slimwhisper.data import DataError, load_dataset
+    """``config.n`` utterances drawn with ``config.seed`` from every set; only the chosen ones are decoded.
 
-    try:
-        ds = load_dataset(config.data)
-    except DataError as exc:
-        raise CalibError(f"calibration data: {exc}") from exc
-    items = list(ds.items)
-    if len(items) > config.n:
-        items = random.Random(config.seed).sample(items, config.n)
-    utts = [u for u in (ds.read(item) for item in sorted(items, key=lambda i: i.id)) if u is not None]
-    if not utts:
-        raise CalibError(f"calibration data {config.data!r} holds no usable utterances: need at least 1")
-    return utts
+    Evaluation sets are refused (``data.select_utterances``): scores and Gram matrices fitted on
+    the audio a table is scored on would flatter it.
+    """
+    from slimwhisper.data import select_utterances
+
+    return select_utterances(config.datasets, config.n, config.seed, error=CalibError, use="calibrate", what="calibration")
 
 
 def prepare(loaded: LoadedModel, config: CalibConfig, utterances=None) -> list[CalibExample]:

@@ -213,7 +213,12 @@ def choose_plan(loaded: LoadedModel, config: PruneConfig, progress: bool = True,
     else:  # bisect the budget fraction against the device estimate (budget.py)
         from slimwhisper.compress.budget import search_budget
 
-        allocation = search_budget(allocate_at, alloc, loaded.spec, config.latency, log)
+        kept = None
+        if config.vocab is not None:  # price the vocabulary this command keeps, not the dense one
+            from slimwhisper.compress.vocabprune import selection_for
+
+            kept = len(selection_for(loaded, config.vocab, log).kept)
+        allocation = search_budget(allocate_at, alloc, loaded.spec, config.latency, log, vocab=kept)
     return allocation.plan, allocation
 
 

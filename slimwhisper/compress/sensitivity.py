@@ -54,7 +54,7 @@ class SensitivityConfig:
             path = getattr(self, name)
             if path is not None:
                 try:
-                    check_output_file(path, force=self.force, option=f"--{name}", inputs=[self.calib.data])
+                    check_output_file(path, force=self.force, option=f"--{name}", inputs=self.calib.datasets)
                 except OutputError as exc:
                     problems.append(str(exc))
         if self.plot is not None and not str(self.plot).lower().endswith(".png"):

@@ -14,6 +14,7 @@ row of the projection): only the softmax's normaliser changes, by the mass of re
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Sequence
 
 import torch
@@ -67,17 +68,29 @@ def _update_record(model, spec) -> None:
         model.slim_record = dataclasses.replace(rec, spec=spec)
 
 
-def prune_loaded(loaded, config, log=print):
-    """Select the kept tokens with ``loaded``'s tokenizer (``compress.vocab``) and slice the model;
-    ``loaded.spec`` is updated. Returns the ``Selection`` (its report goes in pruning.json)."""
+def selection_for(loaded, config, log=print):
+    """The kept tokens ``config`` selects with ``loaded``'s tokenizer (``compress.vocab``); memoised
+    on ``loaded`` so a latency-budget search and the slicing after it select once."""
     from slimwhisper.compress.vocab import select_tokens
-    from slimwhisper.models.slim import spec_from_model
 
     tokenizer = loaded.processor.tokenizer
     if len(tokenizer) != loaded.model.config.vocab_size:
         raise VocabError(f"{loaded.name}: the tokenizer has {len(tokenizer)} tokens but the model's vocabulary is "
                          f"{loaded.model.config.vocab_size}; vocabulary pruning needs the model's own Whisper tokenizer")
-    selection = select_tokens(tokenizer, config, log)
+    memo = loaded.extra.setdefault("vocab_selection", {})
+    key = json.dumps(config.to_dict(), sort_keys=True)
+    if key not in memo:
+        memo[key] = select_tokens(tokenizer, config, log)
+    return memo[key]
+
+
+def prune_loaded(loaded, config, log=print):
+    """Select the kept tokens (``selection_for``) and slice the model; ``loaded.spec`` is updated.
+    Returns the ``Selection`` (its report goes in pruning.json)."""
+    from slimwhisper.models.slim import spec_from_model
+
+    selection = selection_for(loaded, config, log)
+    loaded.extra.pop("vocab_selection", None)  # the tokenizer ids it holds are the unpruned ones
     multilingual = loaded.multilingual
     slice_vocab(loaded.model, selection.kept, config.language)
     loaded.spec = spec_from_model(loaded.model)

@@ -122,7 +122,7 @@ class TrainConfig:
         return DEFAULT_STEPS
 
     def calib(self) -> CalibConfig:
-        return CalibConfig(self.data, n=self.n, seed=self.seed, label_free=self.label_free)
+        return CalibConfig(self.data, n=self.n, seed=self.seed, label_free=self.label_free, more_data=self.more_data)
 
     @property
     def datasets(self) -> list[str]:

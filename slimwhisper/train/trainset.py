@@ -10,12 +10,11 @@ guarded too.
 
 from __future__ import annotations
 
-import random
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
-from slimwhisper.data import EVAL_SETS, evaluation_audio, evaluation_problems
-from slimwhisper.errors import UserError, raise_problems
+from slimwhisper import data
+from slimwhisper.data import EVAL_SETS, evaluation_audio
+from slimwhisper.errors import UserError
 
 __all__ = ["EVAL_SETS", "TrainDataError", "evaluation_audio", "select_utterances"]
 
@@ -26,38 +25,4 @@ class TrainDataError(UserError, ValueError):
 
 def select_utterances(paths: Sequence[str], n: int, seed: int, log: Callable[[str], None] = print) -> list:
     """``n`` utterances (all when fewer) drawn with ``seed`` from the union of ``paths``; sorted by id."""
-    from slimwhisper.data import DataError, load_dataset
-
-    eval_sets, _ = evaluation_audio(paths)
-    problems, items, loaded = [], [], []
-    for p in paths:
-        path = Path(p)
-        if not path.exists():
-            problems.append(f"training data {p} does not exist")
-            continue
-        if found := evaluation_problems([p], eval_sets, "train"):
-            problems += found
-            continue
-        try:
-            ds = load_dataset(path)
-        except DataError as exc:
-            problems.append(f"training data {p}: {exc}")
-            continue
-        loaded.append((p, ds))
-    raise_problems(TrainDataError, "unusable training data", problems)
-    # evaluation sets next to the data AND next to its audio files (a manifest may point anywhere)
-    _, eval_audio = evaluation_audio([*paths, *{it.path.parent for _, ds in loaded for it in ds.items}])
-    for p, ds in loaded:
-        kept = [it for it in ds.items if it.path.resolve() not in eval_audio]
-        if len(kept) < len(ds.items):
-            log(f"training data {p}: {len(ds.items) - len(kept)} utterances are evaluation audio: left out")
-        items += [(ds, it) for it in kept]
-    if not items:
-        raise TrainDataError(f"training data {', '.join(map(str, paths))} holds no utterance outside the evaluation sets")
-    if len(items) > n:
-        items = random.Random(seed).sample(items, n)
-    items.sort(key=lambda x: (str(x[0].root), x[1].id))
-    utts = [u for u in (ds.read(it) for ds, it in items) if u is not None]
-    if not utts:
-        raise TrainDataError("no training utterance could be read")
-    return utts
+    return data.select_utterances(paths, n, seed, log, error=TrainDataError)
