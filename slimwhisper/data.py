@@ -203,17 +203,16 @@ def evaluation_problems(paths: Sequence[str | Path], eval_sets: set[Path] | None
 
 
 def select_utterances(paths: Sequence[str | Path], n: int, seed: int, log: Callable[[str], None] = print, *,
-                      error: type[UserError] | None = None, use: str = "train", what: str = "training") -> list[Utterance]:
+                      error: type[UserError] = DataError, use: str = "train", what: str = "training") -> list[Utterance]:
     """``n`` utterances (all when fewer) drawn with ``seed`` from the union of ``paths``; sorted by id.
 
     Training and calibration data alike: an evaluation set is refused (by path), and the lines of a
     hand-made manifest that point at evaluation audio are left out with a message. ``error`` is the
-    ``UserError`` subclass raised (default ``DataError``); ``use`` / ``what`` the verb and the noun of
+    ``UserError`` subclass raised; ``use`` / ``what`` the verb and the noun of
     the messages ("train" / "training", "calibrate" / "calibration").
     """
     from slimwhisper.errors import raise_problems
 
-    error = error or DataError
     eval_sets, _ = evaluation_audio(paths)
     problems, items, loaded = [], [], []
     for p in paths:
