@@ -29,7 +29,12 @@ import json
 import time
 from pathlib import Path
 
-from oneshot_table import CAP, DATA, EVALS, ROOT  # same folder: one list of evaluation sets
+from oneshot_table import (  # same folder: one list of evaluation sets
+    CAP,
+    EVALS,
+    ROOT,
+)
+from recovery_at_scale import TRAIN
 
 DEFAULT_MAX = {"tiny.en": 15000, "base": 7000}  # sized for the issue's bundle targets (28 / 55 MB)
 
@@ -75,22 +80,80 @@ def evaluate_on(backend: str, source: Path, key: str, limit: int | None) -> dict
             "hyps": {u.id: u.hyp for u in res.utterances}, "s": round(time.perf_counter() - t0, 1)}
 
 
+def recovered(model: str, slim: Path, bundle: Path, args) -> tuple[Path, Path]:
+    """``slim`` trained with ``recover --method distill`` on the dense teacher's cached clips (targets
+    respelled in the kept tokens, ``train/respell.py``); decoder-side, the encoder is unchanged."""
+    from slimwhisper.export.bundle import export_bundle
+    from slimwhisper.export.config import ExportConfig
+    from slimwhisper.models import load_model
+    from slimwhisper.train.loop import TrainConfig
+    from slimwhisper.train.recover import RecoverConfig, recover, save_recovered
+
+    tag = f"-kd{args.recover_steps}" + ("-emb" if args.train_embeddings else "") + (
+        f"-lr{args.recover_lr:g}-a{args.recover_alpha:g}" if (args.recover_lr, args.recover_alpha) != (1e-4, 0.5) else "")
+    out, out_bundle = slim.with_name(slim.name + tag), bundle.with_name(slim.name + tag + "-int8")
+    if not (out / "model.safetensors").is_file():
+        dense = load_model(model)
+        items = cached_items(dense, args.teacher_cache)
+        loaded = load_model(str(slim))
+        cfg = RecoverConfig("distill", TrainConfig(str(TRAIN[0]), n=len(items), steps=args.recover_steps, batch_size=8,
+                                                   lr=args.recover_lr, warmup=0.1, threads=args.threads),
+                            freeze_embeddings=not args.train_embeddings, distill_alpha=args.recover_alpha)  # fmt: skip
+        t0 = time.process_time()
+        recover(loaded, cfg, teacher=dense, examples=items, progress=False)
+        print(f"  recovery: {len(items)} cached clips, {args.recover_steps} steps, "
+              f"{(time.process_time() - t0) / 60:.1f} CPU min", flush=True)  # fmt: skip
+        save_recovered(loaded, out, cfg, force=True)
+    if not (out_bundle / "manifest.json").is_file():
+        export_bundle(load_model(str(out)), out_bundle, ExportConfig(quantize="int8", threads=args.threads), force=True,
+                      log=lambda m: None)
+    return out, out_bundle
+
+
+def cached_items(dense, root: str | None) -> list:
+    """Every clip already in the dense teacher's cache (top-64, no hidden states): training audio only
+    (the cache is built by ``recover`` / ``recovery_at_scale.py`` from the four training sets)."""
+    from slimwhisper.train.recover import default_cache_dir
+    from slimwhisper.train.teacher import (
+        TeacherConfig,
+        cache_key,
+        load_item,
+        weights_hash,
+    )
+
+    key = cache_key(weights_hash(dense.model), TeacherConfig(top_k=64))
+    folder = Path(root or default_cache_dir()) / key
+    files = sorted(folder.glob("*.pt"))
+    if not files:
+        raise SystemExit(f"no teacher cache for these weights in {folder}: build one with recover --method distill")
+    return [load_item(f, key) for f in files]
+
+
 def row_for(model: str, n: int | None, backend: str, args) -> dict:
     from slimwhisper.spec import ArchSpec
 
     texts = tuple(args.vocab_text) if n is not None else ()
     slim, bundle = make_models(model, n, Path(args.work), args.threads, bundle_too=backend == "bundle", texts=texts)
+    if n is not None and args.recover_steps:
+        slim, bundle = recovered(model, slim, bundle, args)
     meta = json.loads((slim / "slimwhisper.json").read_text())
     spec = ArchSpec.from_dict(meta["spec"])
     pruning = json.loads((slim / "pruning.json").read_text())
     vocab = (pruning.get("configs") or {}).get("vocab") or {}
     row = {"model": model, "max_vocab": n, "backend": backend, "vocab": spec.vocab, "params": spec.params(),
            "mflops_token": spec.flops(tokens=1, context=32)["decoder_token"] / 1e6, "bundle_mb": folder_mb(bundle) if bundle.is_dir() else float("nan"),
-           "coverage": vocab.get("report"), "texts": list(texts)}
+           "coverage": vocab.get("report"), "texts": list(texts), "recover": recover_key(args, n)}
     source = slim if backend == "torch" else bundle
     for key in args.evals:
         row[key] = evaluate_on(backend, source, key, args.limit)
     return row
+
+
+def recover_key(args, n) -> dict | None:
+    if n is None or not args.recover_steps:
+        return None
+    key = {"steps": args.recover_steps, "lr": args.recover_lr, "embeddings": args.train_embeddings}
+    return key if args.recover_alpha == 0.5 else {**key, "alpha": args.recover_alpha}
 
 
 def differ(rows: list[dict]) -> None:
@@ -110,6 +173,10 @@ def line(r: dict) -> str:
     wers = " | ".join(f"{100 * r[k]['wer']:.2f} ({r[k]['looping']}, {r[k].get('differ', '-')})" if k in r else "-"
                       for k in EVALS)
     n = "dense" if r["max_vocab"] is None else str(r["max_vocab"]) + (" +text" if r.get("texts") else "")
+    if r.get("recover"):
+        rec = r["recover"]
+        n += f" +KD {rec['steps']}" + (" emb" if rec["embeddings"] else "") + (
+            f" lr {rec['lr']:g} a {rec['alpha']:g}" if "alpha" in rec or rec["lr"] != 1e-4 else "")
     return (f"| {r['model']} | {n} | {r['backend']} | {r['vocab']:,} | {r['params'] / 1e6:.2f} M | "
             f"{r['mflops_token']:.1f} | {r['bundle_mb']:.1f} | {wers} |")
 
@@ -135,6 +202,12 @@ def main() -> None:
     p.add_argument("--resume", action="store_true")
     p.add_argument("--vocab-text", nargs="*", default=[], help="training transcripts joining the corpus "
                    "(e.g. ../shared/data/ljspeech/train.tsv)")
+    p.add_argument("--recover-steps", type=int, default=0, help="then distil the pruned model on the cached "
+                   "teacher clips this many steps (targets respelled in the kept tokens)")
+    p.add_argument("--recover-lr", type=float, default=1e-4)
+    p.add_argument("--recover-alpha", type=float, default=0.5, help="recovery: weight of the pseudo-label CE")
+    p.add_argument("--train-embeddings", action="store_true", help="recovery also trains the tied embedding")
+    p.add_argument("--teacher-cache", default=None, help="teacher cache root (default: the slimwhisper cache)")
     p.add_argument("--timing-command", action="store_true", help="only print the bench command for ms/token")
     args = p.parse_args()
     maxes = {**DEFAULT_MAX, **{k: int(v) for k, v in (s.split("=") for s in args.max_vocab)}}
@@ -151,7 +224,7 @@ def main() -> None:
             for backend in args.backends:
                 texts = list(args.vocab_text) if n is not None else []
                 if any(r["model"] == model and r["max_vocab"] == n and r["backend"] == backend
-                       and r.get("texts", []) == texts for r in rows):
+                       and r.get("texts", []) == texts and r.get("recover") == recover_key(args, n) for r in rows):
                     continue
                 print(f"[{model}] max_vocab={n} {backend}", flush=True)
                 rows.append(row_for(model, n, backend, args))

@@ -221,7 +221,11 @@ def test_shrink_remaining_fp32_keeps_outputs(tmp_path):
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)], ir_version=10), str(path))
     x = rng.standard_normal((1, 4, 50)).astype(np.float32)
     before = ort.InferenceSession(str(path)).run(None, {"x": x})[0]
-    shrink_remaining_fp32(path, min_elems=64)
+    shrink_remaining_fp32(path, min_elems=1000, min_table_elems=1000)  # neither is large enough: unchanged
+    assert {i.name for i in onnx.load(str(path)).graph.initializer} == {"w", "table"}
+    shrink_remaining_fp32(path, min_elems=64, min_table_elems=1000)  # only the conv weight
+    assert {i.name for i in onnx.load(str(path)).graph.initializer} == {"w_q8", "w_scale", "w_zp", "table"}
+    shrink_remaining_fp32(path, min_elems=64, min_table_elems=64)
     types = {i.name: i.data_type for i in onnx.load(str(path)).graph.initializer}
     assert types["w_q8"] == TensorProto.INT8 and types["table_fp16"] == TensorProto.FLOAT16
     assert "w" not in types and "table" not in types

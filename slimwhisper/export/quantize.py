@@ -73,14 +73,15 @@ def quantize_int8(src: Path, dst: Path, part: str, config: ExportConfig) -> None
     shrink_remaining_fp32(dst)
 
 
-def shrink_remaining_fp32(path: Path, min_elems: int = 200_000) -> None:
+def shrink_remaining_fp32(path: Path, min_elems: int = 200_000, min_table_elems: int = 100_000) -> None:
     """Store the large fp32 tensors the quantizers leave behind in fewer bytes on disk.
 
     Conv weights (conv2 is 3 MB in base; conv1, fed the log-mel directly and 0.5 MB, stays under
     ``min_elems``) -> int8 per output channel + ``DequantizeLinear``;
-    other tables (the 1500-position sinusoid, 3 MB in base) -> fp16 + ``Cast``. Both are folded
-    back to fp32 once when onnxruntime loads the graph, so run-time kernels are unchanged; this
-    is what brings the base int8 bundle under ~1 byte per parameter.
+    other tables of ``min_table_elems`` or more (the 1500-position sinusoid, 3 MB in base; tiny's
+    448 x 384 decoder positions, 0.7 MB) -> fp16 + ``Cast``. Both are folded back to fp32 once
+    when onnxruntime loads the graph, so run-time kernels are unchanged; this is what brings the
+    int8 bundles under ~1 byte per parameter.
     """
     model = onnx.load(str(path))
     g = model.graph
@@ -90,11 +91,15 @@ def shrink_remaining_fp32(path: Path, min_elems: int = 200_000) -> None:
             uses.setdefault(name, []).append(node)
     new_nodes = []
     for init in list(g.initializer):
-        if init.data_type != onnx.TensorProto.FLOAT or int(np.prod(init.dims)) < min_elems:
+        size = int(np.prod(init.dims))
+        if init.data_type != onnx.TensorProto.FLOAT or size < min(min_elems, min_table_elems):
+            continue
+        name = init.name
+        conv = bool(uses.get(name)) and all(n.op_type == "Conv" and n.input[1] == name for n in uses[name])
+        if size < (min_elems if conv else min_table_elems):
             continue
         arr = numpy_helper.to_array(init)
-        name = init.name
-        if uses.get(name) and all(n.op_type == "Conv" and n.input[1] == name for n in uses[name]):
+        if conv:
             scale = np.abs(arr).reshape(arr.shape[0], -1).max(axis=1) / 127.0
             scale[scale == 0] = 1.0
             q = np.clip(np.round(arr / scale.reshape(-1, *[1] * (arr.ndim - 1))), -127, 127).astype(np.int8)

@@ -185,4 +185,6 @@ def train(
 
 
 def pad_id_of(loaded: LoadedModel) -> int:
-    return eot_id(loaded)
+    """End-of-text in the MODEL's ids (a vocabulary-pruned model maps it: ``runtime/vocabmap.py``)."""
+    vmap = getattr(loaded.model, "slim_vocab", None)
+    return vmap.to_new([eot_id(loaded)])[0] if vmap is not None else eot_id(loaded)

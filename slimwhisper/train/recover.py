@@ -18,6 +18,9 @@ Methods (``RECOVERY`` registry, name -> handler):
   dense output (relative MSE, ``layerwise_steps`` at ``layerwise_lr``), then ``distill`` end to
   end (encoder-output L2 + top-k KL + CE) for ``train.steps``.
 
+A vocabulary-pruned student (``--vocab``) trains on the teacher's targets respelled in its kept
+tokens (``respell.py``); every method works in the model's ids.
+
 The spec never changes during recovery: ``recover`` checks it before returning. ``save_recovered``
 writes a slim folder whose ``pruning.json`` keeps the pruning record and appends the recovery
 config to the configs that made the model.
@@ -39,6 +42,7 @@ from slimwhisper.errors import UserError
 from slimwhisper.train.checkpoint import Checkpointing
 from slimwhisper.train.distill import kd_loss, layerwise_loss
 from slimwhisper.train.loop import TrainConfig, TrainResult, ce_loss, pad_id_of, train
+from slimwhisper.train.respell import in_model_ids
 from slimwhisper.train.teacher import TeacherConfig, build_cache, collate_cached
 
 if TYPE_CHECKING:
@@ -339,11 +343,14 @@ def check_teacher(student: LoadedModel, teacher: LoadedModel | None) -> None:
     if teacher is None:
         return
     s, t = student.model.config, teacher.model.config
-    problems = [
-        f"{name}: student {getattr(s, name)} vs teacher {getattr(t, name)}"
-        for name in ("vocab_size", "num_mel_bins", "d_model")
-        if getattr(s, name) != getattr(t, name)
-    ]
+    vmap = getattr(student.model, "slim_vocab", None)  # vocabulary-pruned: compare the source vocabulary
+    vocab = vmap.source_vocab if vmap is not None else s.vocab_size
+    problems = [f"{name}: student {getattr(s, name)} vs teacher {getattr(t, name)}"
+                for name in ("num_mel_bins", "d_model") if getattr(s, name) != getattr(t, name)]
+    if vocab != t.vocab_size:
+        problems.insert(0, f"vocab_size: student {vocab}{' before vocabulary pruning' if vmap else ''} vs teacher {t.vocab_size}")
+    if getattr(teacher.model, "slim_vocab", None) is not None:
+        problems.append("the teacher's vocabulary is pruned; pass the unpruned dense model")
     if problems:
         raise RecoverError("the teacher does not match the pruned model (pass the dense model it was pruned from)", problems)
 
@@ -414,6 +421,7 @@ def recover(
             examples = teacher_examples(teacher, config, cache_dir, progress=progress, log=log)
         else:
             examples = labelled_examples(loaded, config, teacher, log)
+    examples = in_model_ids(loaded, examples, log)  # vocabulary-pruned: targets respelled in kept tokens
     ctx = Context(loaded, config, teacher, examples, progress, checkpoint, log)
     result = RECOVERY[config.method](ctx)
     after = spec_from_model(loaded.model)
