@@ -66,6 +66,8 @@ def main() -> None:
     ap.add_argument("--encoder-l2", type=float, default=1.0)
     ap.add_argument("--train-embeddings", action="store_true", help="also train the (tied) embeddings")
     ap.add_argument("--warmup", type=float, default=0.1)
+    ap.add_argument("--pack-seconds", type=float, default=None,
+                    help="join consecutive drawn clips into windows of up to S s (several clips per encoder pass)")
     ap.add_argument("--evals", nargs="+", default=list(EVALS), choices=list(EVALS))
     args = ap.parse_args()
 
@@ -97,7 +99,8 @@ def main() -> None:
     rows: dict[str, dict] = json.loads(out_json.read_text()) if args.resume and out_json.exists() else {}
     dense = load_model(args.model)
     train = TrainConfig(str(TRAIN[0]), more_data=tuple(map(str, TRAIN[1:])), n=args.n, steps=args.steps,
-                        batch_size=args.batch, lr=args.lr, threads=args.threads, warmup=args.warmup)  # fmt: skip
+                        batch_size=args.batch, lr=args.lr, threads=args.threads, warmup=args.warmup,
+                        pack_seconds=args.pack_seconds)  # fmt: skip
 
     def done(name: str, folder: Path, loaded, cpu_s: float, **info) -> None:
         files, dense_files = file_params(folder), file_params(work / "dense")
@@ -128,7 +131,7 @@ def main() -> None:
         done("oneshot", pruned_dir, res.loaded, time.process_time() - c0, seconds=res.seconds)
 
     c0 = time.process_time()
-    utts = select_utterances([str(p) for p in TRAIN], args.n, 0)
+    utts = select_utterances([str(p) for p in TRAIN], args.n, 0, pack_seconds=args.pack_seconds)
     tconf = TeacherConfig(hidden_states="oneshot+layerwise" in args.rows)
     root = Path(args.teacher_cache) if args.teacher_cache else work / "teacher-cache"
     if args.cached_only:  # the clips a previous build already wrote (same weights + settings)

@@ -21,6 +21,8 @@ from slimwhisper.runtime.filters import (
     ApplyTimestampRules,
     SuppressBlank,
     SuppressTokens,
+    chosen_logprobs,
+    log_softmax,
 )
 from slimwhisper.runtime.longform import (
     ArraySource,
@@ -98,6 +100,15 @@ def test_suppress_blank_only_at_the_first_position_and_suppress_tokens_always():
     assert np.isfinite(later).all()
     SuppressTokens((3, 10**6)).apply(later, np.zeros((1, 3), np.int64))  # ids past the vocab are ignored
     assert np.isinf(later[0, 3]) and np.isfinite(later[0, 4])
+
+
+def test_chosen_logprobs_equal_the_log_softmax_entries_with_masked_rows():
+    rng = np.random.default_rng(0)
+    logits = (3 * rng.standard_normal((3, V))).astype(np.float32)
+    logits[1, : V // 2] = -np.inf  # suppressed half, as the filters leave it
+    chosen = np.asarray([0, V - 1, 5])
+    want = log_softmax(logits)[np.arange(3), chosen]
+    np.testing.assert_allclose(chosen_logprobs(logits, chosen), want, rtol=1e-5, atol=1e-6)
 
 
 def rules(sample_begin=1):

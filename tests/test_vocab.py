@@ -194,6 +194,14 @@ def test_bundle_round_trip_returns_original_ids_and_refuses_a_wrong_map(pruned_r
     rt = BundleTranscriber(bundle, threads=1, variant="fp32", options=DecodeOptions(max_new_tokens=12))
     got = rt.transcribe(audio)
     assert got.tokens == want.tokens and got.text == want.text
+    # the bundle's tokenizer.json holds only kept ids and still encodes any text, in kept tokens
+    from tokenizers import Tokenizer
+
+    tok_file = json.loads((bundle / "tokenizer.json").read_text())
+    assert set(tok_file["model"]["vocab"].values()) <= set(kept) and len(tok_file["model"]["merges"]) < 50000
+    small = Tokenizer.from_file(str(bundle / "tokenizer.json"))
+    ids = small.encode(" Zyxqvortle appropriation", add_special_tokens=False).ids
+    assert set(ids) <= set(kept) and small.decode(ids) == " Zyxqvortle appropriation"
     # int8: the embedding lookup still reads the one int8 projection table (shared, not duplicated)
     import onnx
 

@@ -25,6 +25,8 @@ BatchOpt = Annotated[int, typer.Option(help="Utterances per step (each a 30 s wi
 MaxSecondsOpt = Annotated[float | None, typer.Option(help="Stop training after this many seconds.")]
 MaxMinutesOpt = Annotated[float | None, typer.Option(help="Stop training after this many minutes (a checkpoint is written).")]
 WarmupOpt = Annotated[float, typer.Option(help="Fraction of the steps with a linearly rising learning rate.")]
+PackOpt = Annotated[float | None, typer.Option(help="Join consecutive training clips into windows of up to S seconds "
+                                               "(<= 30): one encoder pass then carries several clips (--n counts clips).")]
 CkDirOpt = Annotated[Path | None, typer.Option("--checkpoint-dir", help="Checkpoint folder (default OUT.checkpoints).")]
 CkEveryOpt = Annotated[int | None, typer.Option(min=1, help="Write a checkpoint every N steps (also on SIGTERM and at --max-minutes).")]
 ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue from the checkpoint folder (same settings required).")]
@@ -128,6 +130,7 @@ def recover(
     spec_augment: Annotated[bool, typer.Option("--spec-augment", help="SpecAugment masks on the encoder input.")] = False,
     train_embeddings: Annotated[bool, typer.Option("--train-embeddings", help="Also train the token/positional embeddings (tied output projection); frozen by default.")] = False,
     warmup: WarmupOpt = 0.0,
+    pack_seconds: PackOpt = None,
     max_minutes: MaxMinutesOpt = None,
     checkpoint_dir: CkDirOpt = None,
     checkpoint_every: CkEveryOpt = None,
@@ -157,7 +160,7 @@ def recover(
 
     train_cfg = _train_config(data, n, steps, epochs, lr or DEFAULT_LR.get(method, 1e-4), batch_size, seed, max_seconds,
                               threads, max_minutes=max_minutes, warmup=warmup, checkpoint_every=checkpoint_every,
-                              device=device, mixed_precision=mixed_precision)  # fmt: skip
+                              device=device, mixed_precision=mixed_precision, pack_seconds=pack_seconds)  # fmt: skip
     config = RecoverConfig(
         method, train_cfg, lora_rank=lora_rank, lora_alpha=lora_alpha, distill_temperature=temperature, distill_alpha=alpha,
         top_k=top_k, decoder_only=decoder_only, encoder_l2=encoder_l2, layerwise_steps=layerwise_steps,

@@ -24,6 +24,17 @@ def log_softmax(x: np.ndarray) -> np.ndarray:
         return (shifted - np.log(np.sum(np.exp(shifted), axis=-1, keepdims=True))).astype(np.float32)
 
 
+def chosen_logprobs(logits: np.ndarray, chosen: np.ndarray) -> np.ndarray:
+    """``log_softmax(logits)[r, chosen[r]]`` per row without building the (rows, vocab) array:
+    one exp pass instead of two, which matters at 51,865 logits per decoder step."""
+    rows = np.arange(logits.shape[0])
+    top = np.max(logits, axis=-1)
+    top = np.where(np.isfinite(top), top, 0.0)
+    with np.errstate(divide="ignore"):
+        lse = top + np.log(np.sum(np.exp(logits - top[:, None]), axis=-1))
+    return (logits[rows, chosen] - lse).astype(np.float32)
+
+
 def logsumexp(x: np.ndarray) -> float:
     top = float(np.max(x))
     if not np.isfinite(top):
@@ -41,10 +52,16 @@ class SuppressTokens:
 
     ids: tuple[int, ...]
 
+    def __post_init__(self) -> None:
+        array = np.asarray(self.ids, dtype=np.int64)  # built once, not at every decoder step
+        object.__setattr__(self, "_array", array)
+        object.__setattr__(self, "_top", int(array.max()) if array.size else -1)
+
     def apply(self, logits: np.ndarray, tokens: np.ndarray) -> None:
-        vocab = logits.shape[-1]
-        ids = [i for i in self.ids if i < vocab]  # a small test vocabulary lacks the high ids
-        if ids:
+        ids = self._array  # type: ignore[attr-defined]
+        if self._top >= logits.shape[-1]:  # type: ignore[attr-defined]  # a small test vocabulary lacks the high ids
+            ids = ids[ids < logits.shape[-1]]
+        if ids.size:
             logits[:, ids] = -np.inf
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from slimwhisper.runtime.filters import log_softmax
+from slimwhisper.runtime.filters import chosen_logprobs, log_softmax
 
 
 class GreedySearch:
@@ -25,9 +25,8 @@ class GreedySearch:
         else:  # Gumbel-max: the same distribution as torch.distributions.Categorical(logits / T)
             g = self.rng.gumbel(size=logits.shape).astype(np.float32)
             nxt = np.argmax(logits / np.float32(self.temperature) + g, axis=-1)
-        logprobs = log_softmax(logits)
         done = tokens[:, -1] == self.eot
-        sum_logprobs += np.where(done, 0.0, logprobs[np.arange(len(nxt)), nxt])
+        sum_logprobs += np.where(done, 0.0, chosen_logprobs(logits, nxt))
         nxt = np.where(done, self.eot, nxt)
         tokens = np.concatenate([tokens, nxt[:, None].astype(np.int64)], axis=1)
         return tokens, np.arange(len(nxt)), bool(np.all(tokens[:, -1] == self.eot))

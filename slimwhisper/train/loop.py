@@ -77,6 +77,9 @@ class TrainConfig:
     checkpoint_every: int | None = None  # steps between checkpoints (with a checkpoint folder)
     device: str = "cpu"  # "cpu" | "auto" (accelerate's choice: CUDA when present)
     mixed_precision: str | None = None  # None: accelerate's setting (accelerate launch --mixed_precision) | no | bf16 | fp16
+    # Join consecutive drawn clips into windows of up to this many seconds (trainset.pack_utterances):
+    # the encoder's cost is per 30 s window, so short clips waste most of each step. None: one clip per window.
+    pack_seconds: float | None = None
 
     def __post_init__(self) -> None:
         problems = []
@@ -111,6 +114,9 @@ class TrainConfig:
             problems.append(f"train.mixed_precision must be no, bf16 or fp16, got {self.mixed_precision!r}")
         elif self.mixed_precision == "fp16" and self.device == "cpu":
             problems.append("train.mixed_precision fp16 needs a GPU (device auto under accelerate launch); on CPU use bf16 or no")
+        if self.pack_seconds is not None and (isinstance(self.pack_seconds, bool) or not isinstance(self.pack_seconds, (int, float))
+                                              or not 0 < self.pack_seconds <= 30):  # fmt: skip
+            problems.append(f"train.pack_seconds must be in (0, 30] seconds (Whisper's window) or None, got {self.pack_seconds!r}")
         if problems:
             raise TrainError("invalid training config", problems)
 

@@ -367,7 +367,7 @@ def teacher_examples(teacher: LoadedModel, config: RecoverConfig, cache_dir: str
     from slimwhisper.train.trainset import select_utterances
 
     t = config.train
-    utts = select_utterances(t.datasets, t.n, t.seed, log)
+    utts = select_utterances(t.datasets, t.n, t.seed, log, pack_seconds=t.pack_seconds)
     settings = TeacherConfig(top_k=config.top_k, hidden_states=config.method is RecoverMethod.LAYERWISE)
     return build_cache(teacher, utts, cache_dir or default_cache_dir(), settings, log=log, progress=progress)
 
@@ -379,7 +379,7 @@ def labelled_examples(loaded: LoadedModel, config: RecoverConfig, teacher: Loade
     from slimwhisper.train.trainset import select_utterances
 
     t = config.train
-    utts = select_utterances(t.datasets, t.n, t.seed, log)
+    utts = select_utterances(t.datasets, t.n, t.seed, log, pack_seconds=t.pack_seconds)
     unlabelled = [u.id for u in utts if t.label_free is True or not (u.text or "").strip()]
     if unlabelled and teacher is None:
         raise RecoverError(f"{len(unlabelled)} of {len(utts)} training utterances have no reference text (e.g. "
