@@ -35,6 +35,7 @@ from slimwhisper.train.engine import (
     batch_indices,
     run_training,
 )
+from slimwhisper.train.trainset import pack_seconds_problem
 
 if TYPE_CHECKING:
     from slimwhisper.models.api import LoadedModel
@@ -114,9 +115,8 @@ class TrainConfig:
             problems.append(f"train.mixed_precision must be no, bf16 or fp16, got {self.mixed_precision!r}")
         elif self.mixed_precision == "fp16" and self.device == "cpu":
             problems.append("train.mixed_precision fp16 needs a GPU (device auto under accelerate launch); on CPU use bf16 or no")
-        if self.pack_seconds is not None and (isinstance(self.pack_seconds, bool) or not isinstance(self.pack_seconds, (int, float))
-                                              or not 0 < self.pack_seconds <= 30):  # fmt: skip
-            problems.append(f"train.pack_seconds must be in (0, 30] seconds (Whisper's window) or None, got {self.pack_seconds!r}")
+        if problem := pack_seconds_problem(self.pack_seconds, "train.pack_seconds"):
+            problems.append(problem)
         if problems:
             raise TrainError("invalid training config", problems)
 

@@ -25,10 +25,10 @@ from slimwhisper import data
 from slimwhisper.audio import SAMPLE_RATE
 from slimwhisper.data import EVAL_SETS, Utterance, evaluation_audio
 from slimwhisper.errors import UserError
+from slimwhisper.runtime.frontend import CHUNK_SECONDS
 
 __all__ = ["EVAL_SETS", "TrainDataError", "evaluation_audio", "pack_utterances", "select_utterances"]
 
-WINDOW_SECONDS = 30.0
 PACK_GAP_SECONDS = 0.5  # silence between packed clips: a pause, so sentences do not run together
 
 
@@ -49,12 +49,20 @@ def select_utterances(paths: Sequence[str], n: int, seed: int, log: Callable[[st
     return packed
 
 
+def pack_seconds_problem(value, name: str = "pack_seconds") -> str | None:
+    """Why ``value`` is not a packing length (None or seconds in (0, 30], Whisper's window), or None."""
+    if value is None or (not isinstance(value, bool) and isinstance(value, (int, float)) and 0 < value <= CHUNK_SECONDS):
+        return None
+    return f"{name} must be in (0, {CHUNK_SECONDS}] seconds (Whisper's window) or None, got {value!r}"
+
+
 def pack_utterances(utts: Sequence[Utterance], max_seconds: float, gap_seconds: float = PACK_GAP_SECONDS) -> list[Utterance]:
     """Consecutive clips joined, in order, into windows of at most ``max_seconds`` (gaps counted);
     a clip longer than that stays alone. The reference text is the clips' texts joined by spaces,
     or None when any clip has none (the teacher labels the window). Ids: ``a+b+c``."""
-    if isinstance(max_seconds, bool) or not isinstance(max_seconds, (int, float)) or not 0 < max_seconds <= WINDOW_SECONDS:
-        raise TrainDataError(f"pack_seconds must be in (0, {WINDOW_SECONDS:g}] (Whisper's window), got {max_seconds!r}")
+    problem = pack_seconds_problem(max_seconds) if max_seconds is not None else "pack_seconds must be given"
+    if problem:
+        raise TrainDataError(problem)
     gap = np.zeros(round(gap_seconds * SAMPLE_RATE), dtype=np.float32)
     groups: list[list[Utterance]] = []
     length = 0.0
