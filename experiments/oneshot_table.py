@@ -57,6 +57,8 @@ VARIANTS = {
         Variant("wanda-sens-lstsq", "wanda", "sensitivity", "lstsq"),
         Variant("obs-sens-lstsq-dense", "obs", "sensitivity", "lstsq", False),
         Variant("obs-sens-lstsq", "obs", "sensitivity", "lstsq"),
+        Variant("obs-sens-anchored-dense", "obs", "sensitivity", "anchored", False),
+        Variant("obs-sens-anchored", "obs", "sensitivity", "anchored"),
     )
 }
 
@@ -95,8 +97,8 @@ def prune_variant(model: str, v: Variant, target: float, args, out: Path):
     alloc = AllocConfig(threshold=v.threshold, target_params=target, sensitivity=SensAllocConfig(n=args.sens_n))
     config = PruneConfig(
         model=model, out=str(out), force=True, score=ScoreConfig(v.score), alloc=alloc,
-        calib=CalibConfig(args.calib[0], n=args.calib_n, seed=0, more_data=tuple(args.calib[1:])),
-        reconstruct=ReconstructConfig(v.method, sequential=v.sequential),
+        calib=CalibConfig(args.calib[0], n=args.calib_n, seed=0, more_data=tuple(args.calib[1:]), label_free=args.label_free or None),
+        reconstruct=ReconstructConfig(v.method, damp=args.damp, sequential=v.sequential, damp_grid=tuple(args.damp_grid)),
         stats=StatsConfig(cache_dir=args.cache, stride=args.stride),
     )  # fmt: skip
     return prune(config, progress=False, log=lambda m: print("   ", m.replace("\n", "\n    "), flush=True))
@@ -115,15 +117,20 @@ def run(args, rows, save) -> None:
             for name in args.variants:
                 v = VARIANTS[name]
                 t = 0.0 if v.score is None else target
-                if any(r["model"] == model and r["variant"] == name and r["target"] == t for r in rows):
+                damp = None if v.score is None else ("cv" if args.damp_grid else args.damp)
+                if any(r["model"] == model and r["variant"] == name and r["target"] == t and r.get("damp", 0.01) == (damp or 0.01)
+                       for r in rows):  # fmt: skip
                     continue
+                chosen_damps = None
                 if v.score is None:
                     loaded, folder, seconds, calib_s = load_model(model), dense_dir, {}, 0.0
                 else:
-                    folder = Path(args.work) / model / f"{name}-{int(100 * target)}"
+                    folder = Path(args.work) / model / (f"{name}-{int(100 * target)}" + ("" if damp == 0.01 else f"-damp{damp}")
+                                                      + ("-labelfree" if args.label_free else ""))
                     print(f"[{model}] {name} @ {target:.0%}", flush=True)
                     res = prune_variant(model, v, target, args, folder)
                     loaded, seconds = res.loaded, res.seconds
+                    chosen_damps = (res.reconstruction or {}).get("damp")
                     calib_s = sum(seconds.get(k, 0.0) for k in ("calibration", "score", "reconstruct"))
                 files = file_params(folder)
                 fl = loaded.spec.flops(tokens=1, context=32)
@@ -132,7 +139,8 @@ def run(args, rows, save) -> None:
                        "removed_pct_layers": 100 * (1 - files["layers"] / dense_files["layers"]),
                        "removed_pct_total": 100 * (1 - files["total"] / dense_files["total"]),
                        "gflops_window": (fl["encoder"] + fl["cross_kv"]) / 1e9, "mflops_token": fl["decoder_token"] / 1e6,
-                       "calib_s": calib_s, "seconds": seconds, "calib_n": args.calib_n}  # fmt: skip
+                       "calib_s": calib_s, "seconds": seconds, "calib_n": args.calib_n, "damp": damp,
+                       "damp_grid": args.damp_grid, "damp_chosen": chosen_damps, "label_free": args.label_free}  # fmt: skip
                 for key in args.evals:
                     row[key] = wer_of(loaded, EVALS[key], args.eval_limit)
                 rows.append(row)
@@ -152,6 +160,7 @@ def markdown(rows: list[dict]) -> str:
     lines = [head, "|" + "---|" * (10 + len(keys))]
     for r in rows:
         refit = r["reconstruct"] + ("" if r["reconstruct"] == "none" else (" seq" if r["sequential"] else " dense-Gram"))
+        refit += "" if r.get("damp") in (None, 0.01) or r["reconstruct"] == "none" else f" damp {r['damp']}"
         cells = [r["model"], r["variant"], r["score"] or "-", r["threshold"] if r["score"] else "-", refit if r["score"] else "-",
                  f"{r['params_file']:,}", f"{r['removed_pct_layers']:.1f}%", f"{r['gflops_window']:.2f}", f"{r['mflops_token']:.1f}"]  # fmt: skip
         cells += [f"{100 * r[k]['wer']:.2f}% ({r[k]['looping']}/{r[k]['n']})" if k in r else "-" for k in keys]
@@ -170,6 +179,11 @@ def main() -> None:
     p.add_argument("--calib-n", type=int, default=256)
     p.add_argument("--sens-n", type=int, default=8)
     p.add_argument("--stride", type=int, default=4, help="encoder frame stride for the Grams (1 = all 1500)")
+    p.add_argument("--label-free", action="store_true",
+                   help="teacher-force the dense model's own transcripts, not the references, in the calibration decoder")
+    p.add_argument("--damp-grid", type=float, nargs="*", default=[],
+                   help="choose each block's damping among these by 2-fold cross-validation (rows then say 'cv')")
+    p.add_argument("--damp", type=float, default=0.01, help="re-fit damping (anchored: strength of the pull to the dense weights)")
     p.add_argument("--evals", nargs="+", default=list(EVALS), choices=list(EVALS))
     p.add_argument("--eval-limit", type=int, default=None)
     p.add_argument("--threads", type=int, default=2)

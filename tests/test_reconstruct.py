@@ -18,7 +18,7 @@ from slimwhisper.compress.plan import PrunePlan
 from slimwhisper.compress.reconstruct import ReconstructConfig, ReconstructError, reconstruct_prune
 from slimwhisper.compress.scores import score_groups
 from slimwhisper.compress.sensalloc import SensAllocConfig
-from slimwhisper.compress.solve import obs_saliency, refit, removal_path
+from slimwhisper.compress.solve import cv_damp, heldout_error, obs_saliency, refit, removal_path
 from slimwhisper.compress.stats import StatsConfig, Sublayer, dense_stats, run_sublayer, sublayers
 from slimwhisper.models import load_model
 from slimwhisper.models.slimdir import save_slim
@@ -89,6 +89,85 @@ def test_refit_beats_unfitted_on_held_out_data_and_obs_is_the_refit_error():
     w3 = refit(W, H, H, rest, damp=1e-9)
     err3 = (aug(train)[:, rest + [10]] @ w3.T - aug(train) @ W.T).square().sum()
     assert errors[-1] == pytest.approx(float(err3), rel=1e-5) and errors == sorted(errors)
+
+
+def test_anchored_refit_interpolates_between_lstsq_and_the_dense_weights():
+    g = torch.Generator().manual_seed(2)
+    X = torch.randn(300, 8, generator=g, dtype=torch.float64)
+    W = torch.randn(3, 9, generator=g, dtype=torch.float64)
+    H = aug(X).T @ aug(X)
+    keep = [0, 2, 3, 5, 6]
+    # nothing removed, dense Grams: the dense weights whatever the damping (a zero ridge would shrink them)
+    assert torch.allclose(refit(W, H, H, list(range(8)), damp=1.0, anchor=True), W, atol=1e-10)
+    assert not torch.allclose(refit(W, H, H, list(range(8)), damp=1.0), W, atol=1e-3)
+    # tiny damping: the plain least squares; huge damping: the kept dense weights (bias still re-fitted)
+    plain = refit(W, H, H, keep, damp=1e-10)
+    assert torch.allclose(refit(W, H, H, keep, damp=1e-10, anchor=True), plain, atol=1e-6)
+    stiff = refit(W, H, H, keep, damp=1e6, anchor=True)
+    assert torch.allclose(stiff[:, :-1], W[:, keep], atol=1e-4)
+    assert not torch.allclose(stiff[:, -1], W[:, -1], atol=1e-3)  # the bias absorbs the removed mean
+
+
+def test_anchored_refit_keeps_unexcited_directions_at_the_dense_weights():
+    """Calibration rows that never excite input 4: lstsq shrinks its weight toward 0, anchored keeps it,
+    and on data that does excite it the anchored re-fit is the better one."""
+    g = torch.Generator().manual_seed(3)
+    calib = torch.randn(200, 6, generator=g, dtype=torch.float64)
+    calib[:, 4] = 0.0
+    test = torch.randn(200, 6, generator=g, dtype=torch.float64)
+    W = torch.randn(4, 7, generator=g, dtype=torch.float64)
+    H = aug(calib).T @ aug(calib)
+    keep = [0, 1, 2, 4, 5]
+    zero, anch = refit(W, H, H, keep, damp=0.01), refit(W, H, H, keep, damp=0.01, anchor=True)
+    assert float(zero[:, 3].abs().max()) < 1e-9  # column 3 of the kept set is input 4
+    assert torch.allclose(anch[:, 3], W[:, 4], atol=1e-9)
+    target = aug(test) @ W.T
+    Xk = aug(test)[:, keep + [6]]
+    assert (Xk @ anch.T - target).square().sum() < 0.8 * (Xk @ zero.T - target).square().sum()
+
+
+def test_cv_damp_trusts_plentiful_rows_and_damps_scarce_ones():
+    g = torch.Generator().manual_seed(4)
+    W = torch.randn(6, 41, generator=g, dtype=torch.float64)
+    keep = list(range(30))
+    grid = (1e-4, 1e-2, 1.0)
+
+    M = torch.randn(8, 40, generator=g, dtype=torch.float64)
+
+    def folds(n):  # 8 shared factors (what a re-fit can exploit) + as much independent noise per input
+        X = torch.randn(n, 8, generator=g, dtype=torch.float64) @ M + torch.randn(n, 40, generator=g, dtype=torch.float64)
+        a, b = aug(X[0::2]), aug(X[1::2])
+        return [(a.T @ a, a.T @ a), (b.T @ b, b.T @ b)]
+
+    plenty, scarce = folds(4000), folds(60)  # 2,000 vs 30 rows per fold for 30 kept inputs
+    d_plenty, errs = cv_damp(W, plenty, keep, grid, anchor=True)
+    d_scarce, _ = cv_damp(W, scarce, keep, grid, anchor=True)
+    assert len(errs) == 3 and d_plenty == 1e-2 and d_scarce == 1.0
+    # the held-out error it minimises is the real one up to a constant
+    (A, _), (B, _) = plenty
+    fit = refit(W, A, A, keep, 0.01, anchor=True)
+
+    def true(w):  # the held-out error over fold B in the full column space (removed columns = 0)
+        d = torch.cat([w[:, :-1], torch.zeros(6, 10, dtype=torch.float64), w[:, -1:]], 1) - W
+        return float(torch.trace(d @ B @ d.T))
+
+    other = refit(W, A, A, keep, 1.0, anchor=True)
+    assert heldout_error(fit, W, B, B, keep) - heldout_error(other, W, B, B, keep) == pytest.approx(true(fit) - true(other), rel=1e-6)
+    empty = [(torch.zeros(41, 41, dtype=torch.float64),) * 2, plenty[1]]
+    assert cv_damp(W, empty, keep, grid, anchor=False) == (1e-4, [])
+
+
+@pytest.mark.parametrize("sequential", [False, True])
+def test_damp_grid_is_chosen_per_block_and_reported(setup, sequential, tmp_path):
+    loaded, examples = setup
+    work = copy.deepcopy(loaded)
+    plan = PrunePlan(frozenset({*(f"decoder.0.ffn.neuron.{j}" for j in range(8)), *(f"encoder.1.ffn.neuron.{j}" for j in range(8))}))
+    cfg = ReconstructConfig("anchored", sequential=sequential, damp_grid=(0.01, 1.0), min_rows=0)
+    _, report = reconstruct_prune(work, loaded.model, plan, examples, cfg, StatsConfig(cache_dir=str(tmp_path)), "fisher",
+                                  progress=False, log=lambda m: None)  # fmt: skip
+    assert set(report["damp"]) == {"decoder.0.ffn", "encoder.1.ffn"} and set(report["damp"].values()) <= {0.01, 1.0}
+    with pytest.raises(ReconstructError, match="--reconstruct bias has none"):
+        ReconstructConfig("bias", damp_grid=(0.1,))
 
 
 # ---- sublayers and statistics ---------------------------------------------------------------------
@@ -163,14 +242,14 @@ def _duplicate_neurons(model, block_layer=1, pairs=((3, 10), (5, 20), (40, 41)))
             fc1.bias[dup] = fc1.bias[src]
 
 
-@pytest.mark.parametrize("sequential", [True, False])
-def test_duplicated_neurons_are_reproduced_exactly(setup, sequential, tmp_path):
+@pytest.mark.parametrize("sequential,method", [(True, "lstsq"), (False, "lstsq"), (True, "anchored")])
+def test_duplicated_neurons_are_reproduced_exactly(setup, sequential, method, tmp_path):
     loaded, examples = setup
     dense = copy.deepcopy(loaded)
     _duplicate_neurons(dense.model)
     work = copy.deepcopy(dense)
     plan = PrunePlan(frozenset(f"decoder.1.ffn.neuron.{j}" for j in (10, 20, 41)))
-    cfg = ReconstructConfig("lstsq", damp=1e-9, sequential=sequential, reselect=False, min_rows=0)  # exactness, not the row guard
+    cfg = ReconstructConfig(method, damp=1e-9, sequential=sequential, reselect=False, min_rows=0)  # exactness, not the row guard
     applied, _ = reconstruct_prune(work, dense.model, plan, examples, cfg, StatsConfig(cache_dir=str(tmp_path)), "fisher",
                                    progress=False, log=lambda m: None)  # fmt: skip
     assert applied == plan
@@ -275,3 +354,16 @@ def test_prune_config_needs_calibration_for_reconstruction(tmp_path):
                     reconstruct=ReconstructConfig("lstsq"))  # fmt: skip
     text = str(err.value)
     assert "score 'obs' needs calibration audio" in text and "--reconstruct lstsq needs calibration audio" in text
+
+
+def test_sensitivity_prices_the_reconstruction_it_will_get(tmp_path):
+    calib = CalibConfig("calib.tsv", n=16)
+    alloc = AllocConfig(threshold="sensitivity", target_params=0.25)
+    anchored = PruneConfig("tiny.en", str(tmp_path / "a"), ScoreConfig("obs"), alloc, calib=calib,
+                           reconstruct=ReconstructConfig("anchored", damp=0.3))  # fmt: skip
+    assert anchored.alloc.sensitivity.anchor and anchored.alloc.sensitivity.anchor_damp == 0.3
+    assert anchored.to_dict()["alloc"]["sensitivity"]["anchor"] is True  # the saved config says so
+    plain = PruneConfig("tiny.en", str(tmp_path / "b"), ScoreConfig("obs"), alloc, calib=calib, reconstruct=ReconstructConfig("lstsq"))
+    assert not plain.alloc.sensitivity.anchor
+    with pytest.raises(UserError, match="anchor_damp must be in"):
+        SensAllocConfig(anchor=True, anchor_damp=0)

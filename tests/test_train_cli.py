@@ -81,10 +81,11 @@ def test_tspar_command(folders, tmp_path):
     dense, _, data = folders
     out = tmp_path / "tspar"
     args = ["tspar", "--model", str(dense), "--data", str(data), "--out", str(out), "--steps", "1", "--batch-size", "2",
-            "--lambda-group", "0.5", "--target-params", "0.3", "--quiet", "--threads", "1"]  # fmt: skip
+            "--lambda-group", "0.5", "--target-params", "0.3", "--quiet", "--threads", "1", "--pack-seconds", "1.5"]  # fmt: skip
     res = runner.invoke(app, args)
     assert res.exit_code == 0, res.output
     assert "pass 1 removed" in res.output and "layers (enc+dec)" in res.output
+    assert json.loads((out / "pruning.json").read_text())["configs"]["tspar"]["train"]["pack_seconds"] == 1.5
     assert load_model(str(out)).spec.params() < load_model(str(dense)).spec.params()
     bad = runner.invoke(app, ["tspar", "--model", str(dense), "--data", str(data), "--out", str(out), "--lambda-group", "0"])
     assert bad.exit_code == 2 and "already exists" in bad.output and "both 0" in bad.output
@@ -140,3 +141,6 @@ def test_imp_command_refuses_bad_input_before_work(folders, tmp_path):
     res = runner.invoke(app, ["imp", "--model", str(dense), "--data", str(data), "--out", str(tmp_path / "i"),
                               "--target-params", "1.5", "--rounds", "3", "--steps", "2"])  # fmt: skip
     assert_user_error(res, "target_params must be in (0, 1)", "every round needs >= 1 step")
+    res = runner.invoke(app, ["imp", "--model", str(dense), "--data", str(data), "--out", str(tmp_path / "i"), "--pack-seconds", "40"])
+    assert_user_error(res, "train.pack_seconds must be in (0, 30]")
+    assert not (tmp_path / "i").exists()

@@ -155,3 +155,24 @@ def test_lambda_schedule_warms_up_ramps_and_backs_off_when_ce_rises(tmp_path):
 def test_negative_lambda_is_refused(tmp_path):
     with pytest.raises(TsparError, match="lambda_group must be a finite number >= 0"):
         _config(tmp_path, lambda_group=-0.1)
+
+
+def test_tspar_trains_on_packed_windows(tmp_path, monkeypatch):
+    """``tspar --pack-seconds`` draws packed windows, as ``recover`` does (four 0.5 s clips -> 2 windows)."""
+    import slimwhisper.compress.calib as calib
+    from _helpers import write_manifest
+
+    data = write_manifest(tmp_path / "train", n=4)
+    seen: list[list[str]] = []
+    real = calib.prepare
+
+    def spy(loaded, cfg, utterances=None, **kw):
+        seen.append([u.id for u in utterances])
+        return real(loaded, cfg, utterances=utterances, **kw)
+
+    monkeypatch.setattr(calib, "prepare", spy)
+    train = TrainConfig(str(data), n=4, steps=1, batch_size=2, lr=1e-3, pack_seconds=1.5)
+    result = run_tspar(_config(tmp_path, train=train, target_params=0.2), progress=False, loaded=tiny_random_loaded())
+    assert seen == [["u0+u1", "u2+u3"]] and result.training.steps == 1
+    saved = json.loads((tmp_path / "out" / "pruning.json").read_text())
+    assert saved["configs"]["tspar"]["train"]["pack_seconds"] == 1.5

@@ -117,8 +117,13 @@ def prune(
                                       "sensitivity: per-block ratios from measured loss curves (with --target-params/-flops).")
     ] = None,
     reconstruct: Annotated[str | None, typer.Option(help="Re-fit what consumes removed structures: none | bias (FLAP) | "
-                                                         "lstsq (least squares to the dense output); default none, or the recipe's.")] = None,
-    damp: Annotated[float, typer.Option(help="Re-fit damping: lambda = DAMP x mean diag of the Gram.")] = 0.01,
+                                                         "lstsq (least squares to the dense output) | anchored (lstsq with "
+                                                         "the ridge toward the dense weights); default none, or the recipe's.")] = None,
+    damp: Annotated[float, typer.Option(help="Re-fit damping: lambda = DAMP x mean diag of the Gram (anchored: how "
+                                             "strongly kept weights stay near their dense values).")] = 0.01,
+    damp_grid: Annotated[list[float] | None, typer.Option(help="Choose each block's damping among these values by "
+                                                                "2-fold cross-validation on the calibration audio (repeatable: "
+                                                                "--damp-grid 0.01 --damp-grid 0.1 ...).")] = None,
     sequential: Annotated[bool, typer.Option("--sequential/--dense-stats", help="Re-fit block by block on the "
                                              "already-pruned model's inputs (default), or on the dense model's Grams.")] = True,
     heads: Annotated[float, typer.Option(help="Fraction of attention heads to remove.")] = 0.0,
@@ -206,7 +211,7 @@ def prune(
     if reconstruct is not None or recipe_reconstruct is None:
         from slimwhisper.compress.reconstruct import ReconstructConfig
 
-        rec = ReconstructConfig(method=reconstruct or "none", damp=damp, sequential=sequential)
+        rec = ReconstructConfig(method=reconstruct or "none", damp=damp, sequential=sequential, damp_grid=tuple(damp_grid or ()))
     else:
         rec = recipe_reconstruct
     config = PruneConfig(

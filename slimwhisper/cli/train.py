@@ -216,6 +216,7 @@ def tspar(
     batch_size: BatchOpt = 4,
     seed: SeedOpt = 0,
     max_seconds: MaxSecondsOpt = None,
+    pack_seconds: PackOpt = None,
     eval_data: EvalOpt = None,
     eval_limit: EvalLimitOpt = None,
     force: ForceOpt = False,
@@ -228,7 +229,7 @@ def tspar(
     config = TsparConfig(
         model=model, out=str(out), lambda_group=lambda_group, lambda_l1=lambda_l1, regularize=regularize,
         target_params=target_params, tau=tau, max_head_ratio=max_head_ratio, max_neuron_ratio=max_neuron_ratio,
-        train=_train_config(data, n, steps, epochs, lr, batch_size, seed, max_seconds, threads),
+        train=_train_config(data, n, steps, epochs, lr, batch_size, seed, max_seconds, threads, pack_seconds=pack_seconds),
         force=force, eval_data=None if eval_data is None else str(eval_data), eval_limit=eval_limit,
     )  # fmt: skip
     setup_torch(threads)
@@ -256,6 +257,7 @@ def imp(
     seed: SeedOpt = 0,
     teacher_cache: Annotated[Path | None, typer.Option(help="Teacher cache folder (default: the slimwhisper cache).")] = None,
     max_minutes: MaxMinutesOpt = None,
+    pack_seconds: PackOpt = None,
     force: ForceOpt = False,
     threads: ThreadsOpt = None,
     quiet: QuietOpt = False,
@@ -266,7 +268,8 @@ def imp(
     from slimwhisper.train.imp import ImpConfig, run_imp
 
     config = ImpConfig(model=model, out=str(out), target_params=target_params, rounds=rounds, force=force,
-                       train=_train_config(data, n, steps, None, lr, batch_size, seed, None, threads, max_minutes=max_minutes))  # fmt: skip
+                       train=_train_config(data, n, steps, None, lr, batch_size, seed, None, threads, max_minutes=max_minutes,
+                                           pack_seconds=pack_seconds))  # fmt: skip
     setup_torch(threads)
     dense = load_model(model)
     loaded = run_imp(config, load_model(model), dense, cache_dir=teacher_cache, progress=not quiet, log=say_fn(quiet))

@@ -3,7 +3,7 @@
 
 Calibration statistics are computed only when something asks for them: gradient scores
 (``fisher``/``taylor``), Gram scores (``obs``/``flap``/``wanda``), the ``sensitivity`` threshold
-and reconstruction (``ReconstructConfig.method`` ``bias``/``lstsq``, see ``reconstruct.py``).
+and reconstruction (``ReconstructConfig.method`` ``bias``/``lstsq``/``anchored``, see ``reconstruct.py``).
 
 ``PruneConfig`` holds everything (it is saved as JSON beside the pruned weights); ``prune(config)``
 runs it. The pruned weights are smaller tensors, not masks (``surgery.apply_plan``), saved with
@@ -55,6 +55,7 @@ class PruneConfig:
     latency: LatencyBudget | None = None  # search the allocation's budget fraction for it (budget.py)
 
     def __post_init__(self) -> None:
+        self._price_the_anchored_refit()
         problems = []
         if not isinstance(self.model, str) or not self.model:
             problems.append("model must be a source such as 'tiny.en', 'base' or a folder")
@@ -82,6 +83,15 @@ class PruneConfig:
             problems.append("a latency budget chooses the plan: give an allocation (score + threshold), not --plan")
         if problems:
             raise PruneError("invalid prune config", problems)
+
+    def _price_the_anchored_refit(self) -> None:
+        """Sensitivity curves re-fit each block as the reconstruction will: an anchored re-fit is
+        priced anchored, with its damping (recorded in the saved config)."""
+        a, rec = self.alloc, self.reconstruct
+        if not isinstance(a, AllocConfig) or a.threshold.value != "sensitivity" or not isinstance(rec, ReconstructConfig) or not rec.anchor:
+            return
+        sens = dataclasses.replace(a.sensitivity, anchor=True, anchor_damp=rec.damp)
+        object.__setattr__(self, "alloc", dataclasses.replace(a, sensitivity=sens))
 
     def to_dict(self) -> dict:
         return {

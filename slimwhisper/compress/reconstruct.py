@@ -7,7 +7,17 @@ re-fits the kept columns and the bias of that consumer (``solve.py`` has the for
 * ``none``  keep the surviving weights as they are;
 * ``bias``  FLAP's bias compensation (arXiv 2312.11983): only the bias changes, so the mean
   output matches the dense layer's;
-* ``lstsq`` least squares to the DENSE layer's output on calibration activations.
+* ``lstsq`` least squares to the DENSE layer's output on calibration activations (ridge toward 0);
+* ``anchored`` the same least squares with the ridge pulling the kept weights toward their DENSE
+  values (``solve.refit(anchor=True)``): directions the calibration audio hardly excites keep the
+  dense weights instead of shrinking, so the re-fit generalises past the calibration speakers;
+  ``damp`` sets how strongly (0.01 = a small ridge, as ``lstsq``; 1 = about one mean-diagonal).
+
+``damp_grid`` (least-squares methods): each block's damping is chosen among these values by 2-fold
+cross-validation over the calibration examples (``solve.cv_damp``: fit on one half, held-out error
+to the dense output on the other), then the block is fitted on all examples with it. A block with
+few rows per input (the decoder FFNs) then gets a stronger pull than one with many (the encoder).
+The choice per block is in the report (``pruning.json``: ``reconstruction.damp``).
 
 ``sequential=True`` walks the model sublayer by sublayer (encoder first, then the decoder on the
 pruned encoder's output): each block's Grams come from the model whose earlier blocks are already
@@ -27,6 +37,7 @@ The model is masked (``groups.zero_groups``) during the walk and cut once at the
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import defaultdict
 from collections.abc import Callable
@@ -38,7 +49,13 @@ from slimwhisper.compress import stats as S
 from slimwhisper.compress.gramscores import consumer_columns
 from slimwhisper.compress.groups import Group, GroupSpace, enumerate_groups, zero_groups
 from slimwhisper.compress.plan import PrunePlan
-from slimwhisper.compress.solve import bias_fit, full_refit, refit, removal_path
+from slimwhisper.compress.solve import (
+    bias_fit,
+    cv_damp,
+    full_refit,
+    refit,
+    removal_path,
+)
 from slimwhisper.errors import UserError, raise_problems
 
 
@@ -51,16 +68,19 @@ class Reconstructor:
     fn: Callable  # (W_dense~, W_cur~, H_pp, H_pd, rows, keep, config) -> W'~ (out x |keep|+1)
     needs_stats: bool
     describe: str
+    # A least-squares re-fit of the kept weights (the anchor flag of ``solve.refit``), None if not one:
+    # such a method needs enough calibration rows and re-selects from the full re-fit W*.
+    anchor: bool | None = None
 
 
 RECONSTRUCTORS: dict[str, Reconstructor] = {}
 
 
-def register_reconstructor(name: str, needs_stats: bool, describe: str):
+def register_reconstructor(name: str, needs_stats: bool, describe: str, anchor: bool | None = None):
     def wrap(fn):
         if name in RECONSTRUCTORS:
             raise ValueError(f"reconstructor {name!r} registered twice")
-        RECONSTRUCTORS[name] = Reconstructor(fn, needs_stats, describe)
+        RECONSTRUCTORS[name] = Reconstructor(fn, needs_stats, describe, anchor)
         return fn
 
     return wrap
@@ -68,7 +88,7 @@ def register_reconstructor(name: str, needs_stats: bool, describe: str):
 
 @dataclass(frozen=True)
 class ReconstructConfig:
-    method: str = "none"  # RECONSTRUCTORS: none | bias | lstsq
+    method: str = "none"  # RECONSTRUCTORS: none | bias | lstsq | anchored
     damp: float = 0.01  # lambda = damp x mean diag(H)
     sequential: bool = True
     reselect: bool = True  # re-choose each block's groups on sequential stats (activation-aware scores)
@@ -78,9 +98,17 @@ class ReconstructConfig:
     # calibration tokens, not the layer. With sequential statistics the full re-fit W* is then no longer
     # the dense W either, which is what made the sequential walk worse than dense Grams at 64 utterances.
     min_rows: float = 2.0
+    damp_grid: tuple[float, ...] = ()  # non-empty: each block's damping by 2-fold cross-validation among these
 
     def __post_init__(self) -> None:
         problems = []
+        object.__setattr__(self, "damp_grid", tuple(self.damp_grid) if isinstance(self.damp_grid, (list, tuple)) else self.damp_grid)
+        if not isinstance(self.damp_grid, tuple) or any(
+            isinstance(d, bool) or not isinstance(d, (int, float)) or not 0 < d < 10 for d in self.damp_grid
+        ):
+            problems.append(f"reconstruct.damp_grid must be numbers in (0, 10), got {self.damp_grid!r}")
+        elif self.damp_grid and self.method in RECONSTRUCTORS and RECONSTRUCTORS[self.method].anchor is None:
+            problems.append(f"reconstruct.damp_grid chooses a least-squares damping; --reconstruct {self.method} has none")
         if self.method not in RECONSTRUCTORS:
             problems.append(f"unknown reconstruction {self.method!r}; choose from {', '.join(sorted(RECONSTRUCTORS))}")
         if isinstance(self.damp, bool) or not isinstance(self.damp, (int, float)) or not 0 < self.damp < 10:
@@ -95,6 +123,14 @@ class ReconstructConfig:
     @property
     def active(self) -> bool:
         return RECONSTRUCTORS[self.method].needs_stats
+
+    @property
+    def least_squares(self) -> bool:
+        return RECONSTRUCTORS[self.method].anchor is not None
+
+    @property
+    def anchor(self) -> bool:
+        return bool(RECONSTRUCTORS[self.method].anchor)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -111,9 +147,12 @@ def _bias(W_dense, W_cur, H_pp, H_pd, rows, keep, config):
     return torch.cat([kept, bias_fit(W_dense, H_pd, rows, kept, keep)[:, None]], 1)
 
 
-@register_reconstructor("lstsq", needs_stats=True, describe="least-squares re-fit of kept columns + bias to the dense output")
+@register_reconstructor("lstsq", needs_stats=True, anchor=False,
+                        describe="least-squares re-fit of kept columns + bias to the dense output")  # fmt: skip
+@register_reconstructor("anchored", needs_stats=True, anchor=True,
+                        describe="least-squares re-fit with the ridge toward the dense weights (damp sets its strength)")  # fmt: skip
 def _lstsq(W_dense, W_cur, H_pp, H_pd, rows, keep, config):
-    return refit(W_dense, H_pp, H_pd, keep, config.damp)
+    return refit(W_dense, H_pp, H_pd, keep, config.damp, config.anchor)
 
 
 # ---- plan -> per-block work ---------------------------------------------------------------------
@@ -155,7 +194,7 @@ def block_work(model, plan: PrunePlan) -> tuple[dict[str, BlockWork], list[Group
 
 def rows_problems(model, examples, work: dict[str, BlockWork], config: ReconstructConfig, stride: int) -> list[str]:
     """Too few calibration rows for a well-posed least-squares re-fit: say how many utterances."""
-    if config.method != "lstsq" or config.min_rows == 0:
+    if not config.least_squares or config.min_rows == 0:
         return []
     n = len(examples)
     enc_rows = n * math.ceil(1500 / stride) if n else 0
@@ -205,35 +244,41 @@ def _select(block: str, w: BlockWork, W_star, H_pp, score: str, config: Reconstr
 
 
 @torch.no_grad()
-def refit_block(work_model, dense_model, sub: S.Sublayer, w: BlockWork, H_pp, H_pd, rows: int, score: str, config: ReconstructConfig) -> list[Group]:
-    """Choose (maybe re-select), mask and re-fit one block in ``work_model``; the groups removed."""
+def refit_block(work_model, dense_model, sub: S.Sublayer, w: BlockWork, H_pp, H_pd, rows: int, score: str, config: ReconstructConfig,
+                folds=None) -> tuple[list[Group], float]:  # fmt: skip
+    """Choose (maybe re-select), mask and re-fit one block in ``work_model``; (the groups removed,
+    the damping used). ``folds``: [(H_pp, H_pd)] of the two example folds, for ``damp_grid``."""
     from slimwhisper.compress.gramscores import weight_aug
 
     lin = S.consumer(work_model, sub)
     wname = f"model.{sub.side}.layers.{sub.layer}." + ("fc2" if sub.component == "ffn" else
             ("self_attn" if sub.component == "self_attn" else "encoder_attn") + ".out_proj") + ".weight"  # fmt: skip
     W_dense, W_cur = weight_aug(dense_model, wname), weight_aug(work_model, wname)
-    W_star = full_refit(W_dense, H_pp, H_pd, config.damp) if config.method == "lstsq" else W_cur
+    W_star = full_refit(W_dense, H_pp, H_pd, config.damp, config.anchor) if config.least_squares else W_cur
     chosen = _select(sub.block, w, W_star, H_pp, score, config)
     gone = sorted({c for g in chosen for c in consumer_columns(g)})
     keep = [c for c in range(lin.in_features) if c not in set(gone)]
+    if config.damp_grid and folds is not None:
+        damp, _ = cv_damp(W_dense, folds, keep, config.damp_grid, config.anchor)
+        config = dataclasses.replace(config, damp=damp)
     new = RECONSTRUCTORS[config.method].fn(W_dense, W_cur, H_pp, H_pd, rows, keep, config)
     zero_groups(work_model, chosen)
     weight = torch.zeros_like(lin.weight)
     weight[:, keep] = new[:, :-1].to(weight.dtype)
     lin.weight.copy_(weight)
     lin.bias.copy_(new[:, -1].to(lin.bias.dtype))
-    return chosen
+    return chosen, config.damp
 
 
 # ---- the walks ----------------------------------------------------------------------------------
 
 
-def _accumulate(work_model, dense_model, sub, sp: S.Streams, sd: S.Streams, stride: int):
-    """H_pp, H_pd at ``sub``'s consumer; advances the dense stream (the pruned one is NOT advanced)."""
+def _accumulate(work_model, dense_model, sub, sp: S.Streams, sd: S.Streams, stride: int, folds: bool):
+    """H_pp, H_pd at ``sub``'s consumer (and, with ``folds``, fold A's and B's, for ``damp_grid``);
+    advances the dense stream (the pruned one is NOT advanced)."""
     cap_p, cap_d = S.Capture(S.consumer(work_model, sub)), S.Capture(S.consumer(dense_model, sub))
-    H_pp = H_pd = None
-    rows = 0
+    H_pp = H_pd = A_pp = A_pd = None
+    rows = first = 0
     try:
         hp_list, hd_list = (sp.enc, sd.enc) if sub.side == "encoder" else (sp.dec, sd.dec)
         for i, (hp, hd) in enumerate(zip(hp_list, hd_list, strict=True)):
@@ -244,11 +289,16 @@ def _accumulate(work_model, dense_model, sub, sp: S.Streams, sd: S.Streams, stri
             ap, ad = S.augment(cap_p.x, s), S.augment(cap_d.x, s)
             H_pp = ap.T @ ap if H_pp is None else H_pp + ap.T @ ap
             H_pd = ap.T @ ad if H_pd is None else H_pd + ap.T @ ad
+            if folds:
+                fp, fd = S.augment(S.fold_rows(cap_p.x, first), s), S.augment(S.fold_rows(cap_d.x, first), s)
+                A_pp = fp.T @ fp if A_pp is None else A_pp + fp.T @ fp
+                A_pd = fp.T @ fd if A_pd is None else A_pd + fp.T @ fd
             rows += ap.shape[0]
+            first += hp.shape[0]
     finally:
         cap_p.close()
         cap_d.close()
-    return H_pp, H_pd, rows
+    return H_pp, H_pd, rows, ([(A_pp, A_pd), (H_pp - A_pp, H_pd - A_pd)] if folds and A_pp is not None else None)
 
 
 def _advance(model, sub, streams: S.Streams) -> None:
@@ -260,7 +310,10 @@ def _advance(model, sub, streams: S.Streams) -> None:
 
 @torch.no_grad()
 def sequential_walk(work_model, dense_model, examples, work: dict[str, BlockWork], dropped: set, score: str,
-                    config: ReconstructConfig, stats_config: S.StatsConfig, progress: bool = True) -> list[Group]:  # fmt: skip
+                    config: ReconstructConfig, stats_config: S.StatsConfig, damps: dict[str, float],
+                    progress: bool = True) -> list[Group]:  # fmt: skip
+    """Mask + re-fit block by block on the already-pruned model's inputs; ``damps`` gets each
+    re-fitted block's damping."""
     from slimwhisper.progress import progress_bar
 
     h0 = S.encoder_inputs(dense_model, examples, stats_config.batch)
@@ -285,15 +338,17 @@ def sequential_walk(work_model, dense_model, examples, work: dict[str, BlockWork
                 _advance(work_model, sub, sp)
             else:
                 zero_groups(work_model, w.qk)
-                H_pp, H_pd, rows = _accumulate(work_model, dense_model, sub, sp, sd, stats_config.stride)
-                removed += w.qk + refit_block(work_model, dense_model, sub, w, H_pp, H_pd, rows, score, config)
+                H_pp, H_pd, rows, folds = _accumulate(work_model, dense_model, sub, sp, sd, stats_config.stride, bool(config.damp_grid))
+                chosen, damps[sub.block] = refit_block(work_model, dense_model, sub, w, H_pp, H_pd, rows, score, config, folds)
+                removed += w.qk + chosen
                 _advance(work_model, sub, sp)
             bar.advance()
     return removed
 
 
 @torch.no_grad()
-def dense_refit(work_model, dense_model, stats: S.DenseStats, work: dict[str, BlockWork], score: str, config: ReconstructConfig) -> list[Group]:
+def dense_refit(work_model, dense_model, stats: S.DenseStats, work: dict[str, BlockWork], score: str, config: ReconstructConfig,
+                damps: dict[str, float]) -> list[Group]:  # fmt: skip
     """Every block re-fitted on the dense model's Grams (non-sequential; no forward pass)."""
     removed: list[Group] = []
     for block, w in work.items():
@@ -301,7 +356,8 @@ def dense_refit(work_model, dense_model, stats: S.DenseStats, work: dict[str, Bl
         removed += w.qk
         if w.columns:
             st = stats.blocks[block]
-            removed += refit_block(work_model, dense_model, _sub(block), w, st.H, st.H, st.rows, score, config)
+            chosen, damps[block] = refit_block(work_model, dense_model, _sub(block), w, st.H, st.H, st.rows, score, config, st.folds())
+            removed += chosen
     return removed
 
 
@@ -317,12 +373,13 @@ def reconstruct_prune(loaded, dense_model, plan: PrunePlan, examples, config: Re
                    rows_problems(loaded.model, examples, work, config, stats_config.stride))  # fmt: skip
     zero_groups(loaded.model, layers)
     dropped = {(g.side, g.layer) for g in layers}
+    damps: dict[str, float] = {}
     if config.sequential:
-        removed = sequential_walk(loaded.model, dense_model, examples, work, dropped, score, config, stats_config, progress)
+        removed = sequential_walk(loaded.model, dense_model, examples, work, dropped, score, config, stats_config, damps, progress)
     else:
         if stats is None:
             stats = S.dense_stats(dense_model, examples, stats_config, progress, log)
-        removed = dense_refit(loaded.model, dense_model, stats, work, score, config)
+        removed = dense_refit(loaded.model, dense_model, stats, work, score, config, damps)
     names = {g.name for g in removed} | {g.name for g in layers}
     refitted = defaultdict(int)
     for block, w in work.items():
@@ -335,8 +392,11 @@ def reconstruct_prune(loaded, dense_model, plan: PrunePlan, examples, config: Re
         "qk_not_compensated": sorted({g.block for w in work.values() for g in w.qk}),
         "layers_dropped_not_refitted": sorted(g.name for g in layers),
         "reselected": len(names - set(plan.remove)),
+        "damp": damps,
         "seconds": round(time.perf_counter() - t0, 2),
     }
+    if config.damp_grid and damps:
+        log("reconstruction damping (2-fold cross-validated): " + ", ".join(f"{b} {d:g}" for b, d in sorted(damps.items())))
     if layers:
         log(f"reconstruction: {len(layers)} dropped layers are not re-fitted ({', '.join(report['layers_dropped_not_refitted'])})")
     return PrunePlan(frozenset(names)), report

@@ -94,7 +94,7 @@ def _kl_weights(model, stats, curves: list[Curve], examples, config: SensAllocCo
         for c in curves:
             k = min(max(1, round(config.ratio * len(c.units))), len(c.rel_error) - 1)
             saved = {n: p.detach().clone() for n, p in named.items() if n.startswith(_layer_prefix(c.block))}
-            _mask_refit(model, stats, c, k, config.damp)
+            _mask_refit(model, stats, c, k, config.anchor_damp if config.anchor else config.damp, config.anchor)
             kl = 0.0
             for ex, e, lp in zip(exs, enc_out, ref, strict=True):
                 e2 = model.model.encoder(ex.features) if c.block.startswith("encoder") else e
@@ -117,7 +117,7 @@ def _layer_prefix(block: str) -> str:
     return f"model.{side}.layers.{layer}."
 
 
-def _mask_refit(model, stats, c: Curve, k: int, damp: float) -> None:
+def _mask_refit(model, stats, c: Curve, k: int, damp: float, anchor: bool = False) -> None:
     gone = c.units[:k]
     cols = sorted({i for g in gone for i in consumer_columns(g)})
     lin_name = consumer_param(gone[0])
@@ -125,7 +125,7 @@ def _mask_refit(model, stats, c: Curve, k: int, damp: float) -> None:
     W = weight_aug(model, lin_name)
     keep = [i for i in range(W.shape[1] - 1) if i not in set(cols)]
     st = stats.blocks[c.block]
-    new = refit(W, st.H, st.H, keep, damp)
+    new = refit(W, st.H, st.H, keep, damp, anchor)
     zero_groups(model, gone)
     weight = torch.zeros_like(named[lin_name])
     weight[:, keep] = new[:, :-1].to(weight.dtype)

@@ -20,6 +20,11 @@ class SensAllocConfig:
     n: int = 8  # calibration utterances held out of the Grams for the KL measurement (the last n)
     max_ratio: float = 0.85  # at most this fraction of a block's units goes
     damp: float = 0.01
+    # The KL measurement re-fits each block as the reconstruction will: with the ridge toward the
+    # dense weights (``--reconstruct anchored``) or toward zero (``lstsq``). ``prune`` sets it from
+    # the reconstruction config, so the curves price the re-fit that is really applied.
+    anchor: bool = False
+    anchor_damp: float = 0.01  # the anchored re-fit's own damping (ReconstructConfig.damp)
 
     def __post_init__(self) -> None:
         problems: list[str] = []
@@ -30,8 +35,12 @@ class SensAllocConfig:
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < 1:
                 problems.append(f"sensitivity.{name} must be in (0, 1), got {v!r}")
         check_positive_int(problems, "sensitivity.n", self.n)
-        if isinstance(self.damp, bool) or not isinstance(self.damp, (int, float)) or not 0 < self.damp < 10:
-            problems.append(f"sensitivity.damp must be in (0, 10), got {self.damp!r}")
+        for name in ("damp", "anchor_damp"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < 10:
+                problems.append(f"sensitivity.{name} must be in (0, 10), got {v!r}")
+        if not isinstance(self.anchor, bool):
+            problems.append(f"sensitivity.anchor must be true or false, got {self.anchor!r}")
         raise_problems(SensAllocError, "invalid sensitivity allocation", problems)
 
     def to_dict(self) -> dict:

@@ -35,7 +35,7 @@ from torch import nn
 from slimwhisper.compress.groups import ATTN_ATTR, layers_of
 from slimwhisper.errors import UserError, check_positive_int, raise_problems
 
-STATS_VERSION = 1
+STATS_VERSION = 2  # 2: BlockStats.H_fold (the even-indexed examples' consumer Gram, for cross-validated damping)
 
 
 class StatsError(UserError, ValueError):
@@ -104,6 +104,13 @@ def run_sublayer(model, sub: Sublayer, h: torch.Tensor, mask=None, enc=None) -> 
     else:
         out, _ = layer.encoder_attn(layer.encoder_attn_layer_norm(h), key_value_states=enc)
     return h + out
+
+
+def fold_rows(x: torch.Tensor, first: int) -> torch.Tensor:
+    """The rows of ``x`` (examples along dim 0, the first one with global index ``first``) that
+    belong to fold A: the examples with an EVEN global index. Fold B is the rest (its Gram is the
+    whole Gram minus fold A's), so 2-fold cross-validation needs one extra Gram, not two."""
+    return x[first % 2 :: 2]
 
 
 def augment(x: torch.Tensor, stride: int = 1) -> torch.Tensor:
@@ -197,6 +204,14 @@ class BlockStats:
     q: torch.Tensor | None = None  # attention: Gram of [LN(h), 1] (query input)
     kv: torch.Tensor | None = None  # attention: Gram of the key input (self: = q; cross: encoder output)
     energy: float = 0.0  # sum of squares of the residual stream after the sublayer
+    H_fold: torch.Tensor | None = None  # the same Gram over fold A only (``fold_rows``); fold B = H - H_fold
+
+    def folds(self) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
+        """[(H_pp, H_pd)] of fold A and fold B (dense statistics: pruned = dense inputs), or None."""
+        if self.H_fold is None:
+            return None
+        b = self.H - self.H_fold
+        return [(self.H_fold, self.H_fold), (b, b)]
 
     def mean(self) -> torch.Tensor:
         return self.H[-1, :-1] / max(self.rows, 1)
@@ -221,7 +236,7 @@ def _gram(x: torch.Tensor, stride: int = 1) -> torch.Tensor:
 
 class _Acc:
     def __init__(self):
-        self.H = self.q = self.kv = None
+        self.H = self.q = self.kv = self.H_fold = None
         self.rows, self.energy = 0, 0.0
 
     def add(self, name: str, g: torch.Tensor) -> None:
@@ -236,12 +251,15 @@ def _collect_block(model, sub: Sublayer, streams: Streams, stride: int, acc: _Ac
     ln = None if sub.component == "ffn" else getattr(layer, f"{ATTN_ATTR[sub.component]}_layer_norm")
     try:
         hs = streams.enc if sub.side == "encoder" else streams.dec
+        first = 0  # global index of the first example in h
         for i, h in enumerate(hs):
             s = stride if sub.side == "encoder" else 1
             mask = causal_mask(h.shape[1], h) if sub.component == "self_attn" and sub.side == "decoder" else None
             enc = streams.enc_out[i] if sub.component == "cross_attn" else None
             new = run_sublayer(model, sub, h, mask, enc)
             acc.add("H", _gram(cap.x, s))
+            acc.add("H_fold", _gram(fold_rows(cap.x, first), s))
+            first += h.shape[0]
             acc.rows += cap.x[:, ::s].shape[0] * cap.x[:, ::s].shape[1]
             if ln is not None:
                 g = _gram(ln(h), s)
@@ -271,7 +289,7 @@ def collect_dense(model, examples, config: StatsConfig, progress: bool = True) -
                 streams.dec = decoder_inputs(model, examples, streams.enc_out)
             acc = _Acc()
             _collect_block(model, sub, streams, config.stride, acc)
-            blocks[sub.block] = BlockStats(acc.H, acc.rows, acc.q, acc.kv, acc.energy)
+            blocks[sub.block] = BlockStats(acc.H, acc.rows, acc.q, acc.kv, acc.energy, acc.H_fold)
             bar.advance()
     model.train(was)
     return DenseStats(blocks, len(examples), time.perf_counter() - t0)

@@ -328,7 +328,7 @@ def run_tspar(
         from slimwhisper.train.trainset import select_utterances
 
         t = config.train
-        examples = prepare(loaded, t.calib(), utterances=select_utterances(t.datasets, t.n, t.seed))
+        examples = prepare(loaded, t.calib(), utterances=select_utterances(t.datasets, t.n, t.seed, pack_seconds=t.pack_seconds))
     training, norms = sparse_group_train(loaded, groups, examples, config, progress)
     with torch.no_grad():
         stage2 = two_pass_plan(groups, norms.norms().cpu(), budget_total(loaded.spec, flops=False), config)
