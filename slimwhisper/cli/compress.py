@@ -184,7 +184,7 @@ def prune(
 
     from slimwhisper.compress.budget import budget_from_options
 
-    calib_n, stride = calibration_for(recipe, calib_n, stats_stride)
+    calib_n, stride, label_free = calibration_for(recipe, calib_n, stats_stride, label_free)
 
     latency = budget_from_options(device, latency_budget, clip_seconds=clip_seconds, precision=precision,
                                   threads=device_threads, metric=budget_metric, target_params=target_params,
