@@ -159,8 +159,9 @@ def test_negative_lambda_is_refused(tmp_path):
 
 def test_tspar_trains_on_packed_windows(tmp_path, monkeypatch):
     """``tspar --pack-seconds`` draws packed windows, as ``recover`` does (four 0.5 s clips -> 2 windows)."""
-    import slimwhisper.compress.calib as calib
     from _helpers import write_manifest
+
+    from slimwhisper.compress import calib
 
     data = write_manifest(tmp_path / "train", n=4)
     seen: list[list[str]] = []
