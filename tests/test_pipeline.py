@@ -103,3 +103,30 @@ def test_run_pipeline_tiny(tmp_path):
     assert by["pruned [torch]"]["static"]["params"] < by["dense [torch]"]["static"]["params"]
     assert by["pruned [faster-whisper-int8]"]["status"] == "not available"
     assert set(json.loads((out / "summary.json").read_text())["seconds"]) >= {"pruned", "bundle-dense", "bench"}
+
+
+def test_run_calibrates_as_the_recipe_was_measured(tmp_path, monkeypatch):
+    """`run --recipe oneshot-25` takes the recipe's calibration (256 utterances, stride 4, label-free)
+    unless --calib-n says otherwise, as `prune --recipe` does."""
+    from typer.testing import CliRunner
+
+    from _helpers import write_manifest
+    from slimwhisper import pipeline
+    from slimwhisper.cli import _register, app
+
+    _register()
+    seen = []
+
+    def stop(config, **kw):
+        seen.append(config)
+        raise RunError("stopped by the test")
+
+    monkeypatch.setattr(pipeline, "run_pipeline", stop)
+    data = write_manifest(tmp_path / "d", n=2)
+    base = ["run", "-m", "tiny.en", "--data", str(data), "--calib", str(data), "--recipe", "oneshot-25"]
+    for extra in ([], ["--calib-n", "64"]):
+        res = CliRunner().invoke(app, [*base, "--out", str(tmp_path / f"r{len(extra)}"), *extra])
+        assert res.exit_code == 2 and "stopped by the test" in res.output, res.output
+    recipe, custom = (c.prune for c in seen)
+    assert (recipe.calib.n, recipe.calib.label_free, recipe.stats.stride) == (256, True, 4)
+    assert (custom.calib.n, custom.calib.label_free, custom.stats.stride) == (64, True, 4)

@@ -82,7 +82,8 @@ def run(
     recipe: Annotated[str | None, typer.Option(help="Named pruning recipe (slimwhisper.compress.recipes).")] = None,
     plan: Annotated[Path | None, typer.Option(help="Prune plan JSON instead of a recipe.")] = None,
     calib: Annotated[Path | None, typer.Option(help="Calibration audio (scores; also the recovery training data).")] = None,
-    calib_n: Annotated[int, typer.Option(min=1, help="Calibration (and recovery training) utterances.")] = 32,
+    calib_n: Annotated[int | None, typer.Option(min=1, help="Calibration (and recovery training) utterances "
+                                                       "(default: the recipe's, else 32).")] = None,
     recover: Annotated[str | None, typer.Option(help="Recovery after pruning: finetune | lora | distill | layerwise "
                                                      "(trains on --calib; the dense model teaches).")] = None,
     recover_steps: Annotated[int | None, typer.Option(min=1, help="Recovery training steps (default: the trainer's).")] = None,
@@ -100,6 +101,8 @@ def run(
     from slimwhisper.compress.allocate import AllocConfig
     from slimwhisper.compress.calib import CalibConfig
     from slimwhisper.compress.prune import PruneConfig
+    from slimwhisper.compress.recipes import calibration_for
+    from slimwhisper.compress.stats import StatsConfig
     from slimwhisper.export.config import ExportConfig
     from slimwhisper.pipeline import RunConfig, RunError, run_pipeline
 
@@ -108,10 +111,13 @@ def run(
     if recover is not None and calib is None:
         raise RunError("--recover trains on --calib audio: pass --calib DATA (e.g. ../shared/data/ljspeech/train.tsv)")
     alloc, score, reconstruct = choose_alloc(recipe, plan, None, AllocConfig())
-    calib_cfg = None if calib is None else CalibConfig(str(calib), n=calib_n)
+    # the calibration the recipe was measured with (utterances, encoder stride, label-free), as `prune` does
+    calib_n, stride, label_free = calibration_for(recipe if plan is None else None, calib_n, None)
+    calib_cfg = None if calib is None else CalibConfig(str(calib), n=calib_n, label_free=label_free)
     extra = {} if reconstruct is None else {"reconstruct": reconstruct}
     prune_cfg = PruneConfig(model=model, out=str(out / "pruned"), score=score, alloc=alloc, calib=calib_cfg,
-                            plan=None if plan is None else str(plan), recipe=recipe, force=True, **extra)
+                            plan=None if plan is None else str(plan), recipe=recipe, force=True,
+                            stats=StatsConfig(stride=stride), **extra)  # fmt: skip
     config = RunConfig(model=model, data=str(data), out=str(out), prune=prune_cfg,
                        export=ExportConfig(quantize="int8", keep_fp32=True, threads=threads),
                        recover=None if recover is None else _recover_config(recover, calib, calib_n, recover_steps, threads),
