@@ -46,6 +46,23 @@ def test_prune_end_to_end(dense, data, tmp_path):
     assert json.loads((out / "pruning.json").read_text())["configs"]["prune"]["score"]["name"] == "taylor"
 
 
+def test_prune_anchored_with_cross_validated_damping(dense, data, tmp_path):
+    out = tmp_path / "anch"
+    args = ["prune", "-m", str(dense), "--calib", str(data), "--calib-n", "2", "--score", "magnitude", "--component", "encoder.ffn=0.1",
+            "--reconstruct", "anchored", "--dense-stats", "--damp-grid", "0.01", "--damp-grid", "1", "--out", str(out),
+            "-q", "--threads", "1"]  # fmt: skip
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    saved = json.loads((out / "pruning.json").read_text())["configs"]
+    assert saved["prune"]["reconstruct"]["method"] == "anchored" and saved["prune"]["reconstruct"]["damp_grid"] == [0.01, 1.0]
+    damps = saved["reconstruction"]["damp"]
+    assert set(damps) == {"encoder.0.ffn", "encoder.1.ffn"}  # the decoder is not pruned: 2 clips give it too few rows
+    assert set(damps.values()) <= {0.01, 1.0}
+    bad_args = [a if a != "anchored" else "bias" for a in args]
+    bad = runner.invoke(app, [*bad_args[: bad_args.index("--out")], "--out", str(tmp_path / "b")])
+    assert bad.exit_code == 2 and "has none" in bad.output and not (tmp_path / "b").exists()
+
+
 def test_recipe_and_magnitude_without_calibration(dense, tmp_path):
     out = tmp_path / "r"
     result = runner.invoke(app, ["prune", "-m", str(dense), "--recipe", "drop-enc-2", "--score", "magnitude", "--out", str(out), "-q"])
