@@ -273,8 +273,8 @@ def refit_block(work_model, dense_model, sub: S.Sublayer, w: BlockWork, H_pp, H_
 # ---- the walks ----------------------------------------------------------------------------------
 
 
-def _accumulate(work_model, dense_model, sub, sp: S.Streams, sd: S.Streams, stride: int, folds: bool):
-    """H_pp, H_pd at ``sub``'s consumer (and, with ``folds``, fold A's and B's, for ``damp_grid``);
+def _accumulate(work_model, dense_model, sub, sp: S.Streams, sd: S.Streams, stride: int):
+    """H_pp, H_pd at ``sub``'s consumer, and [(H_pp, H_pd)] of fold A and fold B (for ``damp_grid``);
     advances the dense stream (the pruned one is NOT advanced)."""
     cap_p, cap_d = S.Capture(S.consumer(work_model, sub)), S.Capture(S.consumer(dense_model, sub))
     H_pp = H_pd = A_pp = A_pd = None
@@ -286,19 +286,15 @@ def _accumulate(work_model, dense_model, sub, sp: S.Streams, sd: S.Streams, stri
             mask = S.causal_mask(hp.shape[1], hp) if sub.side == "decoder" and sub.component == "self_attn" else None
             S.run_sublayer(work_model, sub, hp, mask, sp.enc_out[i] if sub.component == "cross_attn" else None)
             hd_list[i] = S.run_sublayer(dense_model, sub, hd, mask, sd.enc_out[i] if sub.component == "cross_attn" else None)
-            ap, ad = S.augment(cap_p.x, s), S.augment(cap_d.x, s)
-            H_pp = ap.T @ ap if H_pp is None else H_pp + ap.T @ ap
-            H_pd = ap.T @ ad if H_pd is None else H_pd + ap.T @ ad
-            if folds:
-                fp, fd = S.augment(S.fold_rows(cap_p.x, first), s), S.augment(S.fold_rows(cap_d.x, first), s)
-                A_pp = fp.T @ fp if A_pp is None else A_pp + fp.T @ fp
-                A_pd = fp.T @ fd if A_pd is None else A_pd + fp.T @ fd
-            rows += ap.shape[0]
+            (g_pp, a_pp), (g_pd, a_pd) = S.fold_gram(cap_p.x, cap_p.x, first, s), S.fold_gram(cap_p.x, cap_d.x, first, s)
+            H_pp, A_pp = (g_pp, a_pp) if H_pp is None else (H_pp + g_pp, A_pp + a_pp)
+            H_pd, A_pd = (g_pd, a_pd) if H_pd is None else (H_pd + g_pd, A_pd + a_pd)
+            rows += int(g_pp[-1, -1])  # the constant column counts the rows
             first += hp.shape[0]
     finally:
         cap_p.close()
         cap_d.close()
-    return H_pp, H_pd, rows, ([(A_pp, A_pd), (H_pp - A_pp, H_pd - A_pd)] if folds and A_pp is not None else None)
+    return H_pp, H_pd, rows, [(A_pp, A_pd), (H_pp - A_pp, H_pd - A_pd)]
 
 
 def _advance(model, sub, streams: S.Streams) -> None:
@@ -338,7 +334,7 @@ def sequential_walk(work_model, dense_model, examples, work: dict[str, BlockWork
                 _advance(work_model, sub, sp)
             else:
                 zero_groups(work_model, w.qk)
-                H_pp, H_pd, rows, folds = _accumulate(work_model, dense_model, sub, sp, sd, stats_config.stride, bool(config.damp_grid))
+                H_pp, H_pd, rows, folds = _accumulate(work_model, dense_model, sub, sp, sd, stats_config.stride)
                 chosen, damps[sub.block] = refit_block(work_model, dense_model, sub, w, H_pp, H_pd, rows, score, config, folds)
                 removed += w.qk + chosen
                 _advance(work_model, sub, sp)
