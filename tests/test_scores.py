@@ -149,3 +149,36 @@ def test_calibration_errors(tiny_random, tmp_path):
     (tmp_path / "transcripts.tsv").write_text("")
     with pytest.raises(CalibError):
         prepare(tiny_random, CalibConfig(str(tmp_path), n=2))
+
+
+def test_calibration_packs_clips_into_windows(tiny_random, tmp_path):
+    """``pack_seconds``: the drawn clips (0.5 s each) are joined into windows; ``n`` counts clips."""
+    from _helpers import write_manifest
+
+    data = write_manifest(tmp_path / "calib", n=4)
+    plain = prepare(tiny_random, CalibConfig(str(data), n=4))
+    packed = prepare(tiny_random, CalibConfig(str(data), n=4, pack_seconds=1.5))  # 0.5 + 0.5 gap + 0.5
+    assert len(plain) == 4 and [ex.id for ex in packed] == ["u0+u1", "u2+u3"]
+    # the joined references become one label per window
+    assert packed[0].tokens.shape[1] > plain[0].tokens.shape[1]
+    with pytest.raises(CalibError, match="pack_seconds"):
+        CalibConfig(str(data), n=4, pack_seconds=45)
+
+
+def test_pseudo_labels_are_cached_by_weights_and_audio(tiny_random, tmp_path, monkeypatch):
+    """A second calibration of the same weights on the same audio decodes nothing; other weights relabel."""
+    import slimwhisper.compress.calib as calib
+
+    calls = []
+    real = calib.greedy_transcript
+    monkeypatch.setattr(calib, "greedy_transcript", lambda *a, **k: calls.append(1) or real(*a, **k))
+    cfg = CalibConfig("unused", n=2, label_free=True)
+    first = prepare(tiny_random, cfg, utts(2), cache_root=tmp_path)
+    assert len(calls) == 2 and len(list(tmp_path.glob("labels-*.json"))) == 1
+    again = prepare(tiny_random, cfg, utts(2), cache_root=tmp_path)
+    assert len(calls) == 2  # from the cache
+    assert [e.tokens.tolist() for e in again] == [e.tokens.tolist() for e in first]
+    with torch.no_grad():
+        next(tiny_random.model.parameters()).add_(0.01)
+    prepare(tiny_random, cfg, utts(2), cache_root=tmp_path)
+    assert len(calls) == 4 and len(list(tmp_path.glob("labels-*.json"))) == 2

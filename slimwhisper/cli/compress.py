@@ -23,10 +23,11 @@ LabelFreeOpt = Annotated[
 ]  # fmt: skip
 
 
-def calib_config(paths: list[Path], n: int, seed: int, label_free: bool | None):
+def calib_config(paths: list[Path], n: int, seed: int, label_free: bool | None, pack_seconds: float | None = None):
     from slimwhisper.compress.calib import CalibConfig
 
-    return CalibConfig(str(paths[0]), n=n, seed=seed, label_free=label_free, more_data=tuple(str(p) for p in paths[1:]))
+    return CalibConfig(str(paths[0]), n=n, seed=seed, label_free=label_free, more_data=tuple(str(p) for p in paths[1:]),
+                       pack_seconds=pack_seconds)
 
 
 @app.command()
@@ -166,6 +167,9 @@ def prune(
                        "default: the recipe's, else 32).")] = None,
     stats_stride: Annotated[int | None, typer.Option(min=1, help="Keep every N-th encoder frame in the re-fit's "
                             "Gram matrices (default: the recipe's, else 1 = all 1500).")] = None,
+    calib_pack_seconds: Annotated[float | None, typer.Option(help="Join the drawn calibration clips into windows of up "
+                                  "to this many seconds (<= 30): more speech and decoder tokens per encoder pass "
+                                  "(default: the recipe's, else none).")] = None,
     seed: SeedOpt = 0,
     label_free: LabelFreeOpt = None,
     eval_data: Annotated[Path | None, typer.Option("--eval", help="Labelled data: print WER before and after.")] = None,
@@ -184,7 +188,8 @@ def prune(
 
     from slimwhisper.compress.budget import budget_from_options
 
-    calib_n, stride, label_free = calibration_for(recipe, calib_n, stats_stride, label_free)
+    calib_n, stride, label_free, calib_pack_seconds = calibration_for(recipe, calib_n, stats_stride, label_free,
+                                                                      calib_pack_seconds)
 
     latency = budget_from_options(device, latency_budget, clip_seconds=clip_seconds, precision=precision,
                                   threads=device_threads, metric=budget_metric, target_params=target_params,
@@ -220,7 +225,7 @@ def prune(
         score=score_cfg,
         alloc=alloc,
         plan=None if plan is None else str(plan),
-        calib=calib_config(calib, calib_n, seed, label_free) if calib else None,
+        calib=calib_config(calib, calib_n, seed, label_free, calib_pack_seconds) if calib else None,
         stats=StatsConfig(stride=stride),
         force=force,
         eval_data=None if eval_data is None else str(eval_data),

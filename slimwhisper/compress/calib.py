@@ -16,8 +16,12 @@ term need per-utterance gradients, which a batched backward would sum away.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
@@ -48,9 +52,17 @@ class CalibConfig:
     seed: int = 0
     label_free: bool | None = None
     more_data: tuple[str, ...] = ()  # further sets, drawn from together with ``data`` (one speaker is not enough)
+    # Join the drawn clips into windows of up to this many seconds (``packing.pack_utterances``):
+    # ``n`` counts clips, the examples are the windows. More speech frames and decoder tokens per
+    # encoder pass; the dense model labels each window whole when ``label_free``.
+    pack_seconds: float | None = None
 
     def __post_init__(self) -> None:
+        from slimwhisper.packing import pack_seconds_problem
+
         problems = []
+        if problem := pack_seconds_problem(self.pack_seconds, "calib.pack_seconds"):
+            problems.append(problem)
         if not isinstance(self.data, str) or not self.data:
             problems.append("calib.data must be a dataset path (a folder with transcripts.tsv or a .tsv file)")
         object.__setattr__(self, "more_data", (self.more_data,) if isinstance(self.more_data, str) else tuple(self.more_data))
@@ -144,15 +156,19 @@ def _select(config: CalibConfig) -> list:
     the audio a table is scored on would flatter it.
     """
     from slimwhisper.data import select_utterances
+    from slimwhisper.packing import pack_utterances
 
-    return select_utterances(config.datasets, config.n, config.seed, error=CalibError, use="calibrate", what="calibration")
+    utts = select_utterances(config.datasets, config.n, config.seed, error=CalibError, use="calibrate", what="calibration")
+    return utts if config.pack_seconds is None else pack_utterances(utts, config.pack_seconds, error=CalibError)
 
 
-def prepare(loaded: LoadedModel, config: CalibConfig, utterances=None) -> list[CalibExample]:
+def prepare(loaded: LoadedModel, config: CalibConfig, utterances=None, cache_root: Path | None = None) -> list[CalibExample]:
     """Features and label tokens for ``config.n`` utterances (dense pseudo-labels where needed).
 
     Call this on the DENSE model before any pruning: pseudo-labels come from ``loaded.model``.
     ``utterances`` bypasses loading (tests, or callers that already hold the data).
+    ``cache_root``: pseudo-labels are kept in ``labels-<weights sha256>.json`` there, by audio sha256,
+    so a second run at another ratio does not decode the calibration audio again.
     """
     utts = list(utterances) if utterances is not None else _select(config)
     if not utts:
@@ -166,15 +182,50 @@ def prepare(loaded: LoadedModel, config: CalibConfig, utterances=None) -> list[C
     prefix, eot = prefix_tokens(loaded), eot_id(loaded)
     was_training = loaded.model.training
     loaded.model.eval()
+    labels = LabelCache(loaded, prefix, cache_root)
     out = []
     for u in utts:
         feats = features_of(loaded, u.audio)
         use_model = config.label_free is True or not (u.text or "").strip()
-        text = greedy_transcript(loaded, feats) if use_model else text_tokens(loaded, u.text)
+        text = labels.get(u.audio, lambda f=feats: greedy_transcript(loaded, f)) if use_model else text_tokens(loaded, u.text)
         tokens = torch.tensor([prefix + text + [eot]], device=feats.device)
         out.append(CalibExample(u.id, feats, tokens, len(prefix), use_model))
+    labels.save()
     loaded.model.train(was_training)
     return out
+
+
+class LabelCache:
+    """The dense model's greedy transcripts by audio sha256, in one JSON file per weights hash
+    (and decoding prefix / token cap); a file that cannot be read is ignored and rewritten."""
+
+    def __init__(self, loaded: LoadedModel, prefix: list[int], root: Path | None) -> None:
+        self.path, self.labels, self.new = None, {}, 0
+        if root is None:
+            return
+        from slimwhisper.compress.stats import weights_hash
+
+        key = hashlib.sha256(f"{weights_hash(loaded.model)}|{prefix}|{MAX_NEW_TOKENS}".encode()).hexdigest()[:24]
+        self.path = Path(root) / f"labels-{key}.json"
+        if self.path.is_file():
+            try:
+                self.labels = json.loads(self.path.read_text())
+            except (OSError, ValueError) as exc:
+                print(f"label cache {self.path} unreadable ({exc}); relabelling")
+
+    def get(self, audio, label) -> list[int]:
+        key = hashlib.sha256(audio.astype("float32").tobytes()).hexdigest()
+        if key not in self.labels:
+            self.labels[key], self.new = label(), self.new + 1
+        return list(self.labels[key])
+
+    def save(self) -> None:
+        if self.path is None or not self.new:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(self.labels))
+        tmp.replace(self.path)
 
 
 def example_loss(model, ex: CalibExample) -> torch.Tensor:
