@@ -69,3 +69,14 @@ def test_config_refuses_existing_out(tmp_path):
     with pytest.raises(SensitivityError, match="already exists; choose another file or pass --force"):
         SensitivityConfig("tiny.en", CalibConfig("d"), out=str(tmp_path / "s.json"))
     SensitivityConfig("tiny.en", CalibConfig("d"), out=str(tmp_path / "s.json"), force=True)
+
+
+def test_sensitivity_holdout_is_spread_over_the_calibration_sets():
+    """The KL hold-out takes examples evenly from the id-sorted list (every data set), not the last n."""
+    from slimwhisper.compress.prune import holdout_split
+
+    examples = [f"a{i}" for i in range(12)] + [f"b{i}" for i in range(12)]
+    fit, held = holdout_split(examples, 4)
+    assert len(held) == 4 and len(fit) == 20 and not set(fit) & set(held)
+    assert {h[0] for h in held} == {"a", "b"}
+    assert holdout_split(examples[:3], 3)[0] == []

@@ -172,6 +172,14 @@ class Calibration:
     seconds: float = 0.0
 
 
+def holdout_split(examples: list, n: int) -> tuple[list, list]:
+    """(fit, held out): ``n`` examples spread evenly over the list (which is sorted by id, i.e. by
+    data set and speaker) are held out of the Grams for the sensitivity KL, so that with several
+    calibration sets the measurement sees all of them, not only the set whose ids sort last."""
+    picks = {min(len(examples) - 1, int((i + 0.5) * len(examples) / n)) for i in range(n)}
+    return [e for i, e in enumerate(examples) if i not in picks], [examples[i] for i in sorted(picks)]
+
+
 def calibrate(loaded: LoadedModel, config: PruneConfig, progress: bool = True, log=print) -> Calibration:
     """Examples (dense pseudo-labels where needed) and dense Grams, only when the job needs them."""
     from slimwhisper.compress.stats import dense_stats
@@ -179,7 +187,7 @@ def calibrate(loaded: LoadedModel, config: PruneConfig, progress: bool = True, l
     t0 = time.perf_counter()
     cal = Calibration()
     if config.needs_examples:
-        cal.examples = prepare(loaded, config.calib)
+        cal.examples = prepare(loaded, config.calib, cache_root=config.stats.cache_root())
         log(f"calibration: {len(cal.examples)} utterances labelled in {time.perf_counter() - t0:.1f} s")
     fit = cal.examples
     if cal.examples is not None and config.alloc is not None and config.alloc.threshold.value == "sensitivity":
@@ -187,7 +195,7 @@ def calibrate(loaded: LoadedModel, config: PruneConfig, progress: bool = True, l
         if len(cal.examples) <= n:
             raise PruneError(f"threshold 'sensitivity' holds out {n} calibration utterances for its KL measurement and needs "
                              f"more for the statistics: got {len(cal.examples)}; pass --calib-n {n + 32} or more")  # fmt: skip
-        fit, cal.holdout = cal.examples[:-n], cal.examples[-n:]
+        fit, cal.holdout = holdout_split(cal.examples, n)
     if config.needs_grams and fit is not None:
         cal.grams = dense_stats(loaded.model, fit, config.stats, progress, log)
     cal.seconds = time.perf_counter() - t0

@@ -17,7 +17,7 @@ class SensAllocError(UserError, ValueError):
 class SensAllocConfig:
     measure: str = "kl"  # kl | recon
     ratio: float = 0.5  # where each block's KL is measured (fraction of its units)
-    n: int = 8  # calibration utterances held out of the Grams for the KL measurement (the last n)
+    n: int = 8  # calibration utterances held out of the Grams for the KL measurement (spread evenly)
     max_ratio: float = 0.85  # at most this fraction of a block's units goes
     damp: float = 0.01
     # The KL measurement re-fits each block as the reconstruction will: with the ridge toward the
