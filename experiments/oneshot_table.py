@@ -97,7 +97,8 @@ def prune_variant(model: str, v: Variant, target: float, args, out: Path):
     alloc = AllocConfig(threshold=v.threshold, target_params=target, sensitivity=SensAllocConfig(n=args.sens_n))
     config = PruneConfig(
         model=model, out=str(out), force=True, score=ScoreConfig(v.score), alloc=alloc,
-        calib=CalibConfig(args.calib[0], n=args.calib_n, seed=0, more_data=tuple(args.calib[1:]), label_free=args.label_free or None),
+        calib=CalibConfig(args.calib[0], n=args.calib_n, seed=0, more_data=tuple(args.calib[1:]), label_free=args.label_free or None,
+                          pack_seconds=args.pack_seconds),
         reconstruct=ReconstructConfig(v.method, damp=args.damp, sequential=v.sequential, damp_grid=tuple(args.damp_grid)),
         stats=StatsConfig(cache_dir=args.cache, stride=args.stride),
     )  # fmt: skip
@@ -119,14 +120,14 @@ def run(args, rows, save) -> None:
                 t = 0.0 if v.score is None else target
                 damp = None if v.score is None else ("cv" if args.damp_grid else args.damp)
                 if any(r["model"] == model and r["variant"] == name and r["target"] == t and r.get("damp", 0.01) == (damp or 0.01)
-                       for r in rows):  # fmt: skip
+                       and r.get("tag", "") == ("" if v.score is None else args.tag) for r in rows):  # fmt: skip
                     continue
                 chosen_damps = None
                 if v.score is None:
                     loaded, folder, seconds, calib_s = load_model(model), dense_dir, {}, 0.0
                 else:
                     folder = Path(args.work) / model / (f"{name}-{int(100 * target)}" + ("" if damp == 0.01 else f"-damp{damp}")
-                                                      + ("-labelfree" if args.label_free else ""))
+                                                      + ("-labelfree" if args.label_free else "") + (f"-{args.tag}" if args.tag else ""))
                     print(f"[{model}] {name} @ {target:.0%}", flush=True)
                     res = prune_variant(model, v, target, args, folder)
                     loaded, seconds = res.loaded, res.seconds
@@ -140,7 +141,9 @@ def run(args, rows, save) -> None:
                        "removed_pct_total": 100 * (1 - files["total"] / dense_files["total"]),
                        "gflops_window": (fl["encoder"] + fl["cross_kv"]) / 1e9, "mflops_token": fl["decoder_token"] / 1e6,
                        "calib_s": calib_s, "seconds": seconds, "calib_n": args.calib_n, "damp": damp,
-                       "damp_grid": args.damp_grid, "damp_chosen": chosen_damps, "label_free": args.label_free}  # fmt: skip
+                       "damp_grid": args.damp_grid, "damp_chosen": chosen_damps, "label_free": args.label_free,
+                       "tag": "" if v.score is None else args.tag, "calib": [Path(c).name if Path(c).suffix else c for c in args.calib],
+                       "sens_n": args.sens_n, "pack_seconds": args.pack_seconds}  # fmt: skip
                 for key in args.evals:
                     row[key] = wer_of(loaded, EVALS[key], args.eval_limit)
                 rows.append(row)
@@ -161,7 +164,7 @@ def markdown(rows: list[dict]) -> str:
     for r in rows:
         refit = r["reconstruct"] + ("" if r["reconstruct"] == "none" else (" seq" if r["sequential"] else " dense-Gram"))
         refit += "" if r.get("damp") in (None, 0.01) or r["reconstruct"] == "none" else f" damp {r['damp']}"
-        cells = [r["model"], r["variant"], r["score"] or "-", r["threshold"] if r["score"] else "-", refit if r["score"] else "-",
+        cells = [r["model"], r["variant"] + (f" [{r['tag']}]" if r.get("tag") else ""), r["score"] or "-", r["threshold"] if r["score"] else "-", refit if r["score"] else "-",
                  f"{r['params_file']:,}", f"{r['removed_pct_layers']:.1f}%", f"{r['gflops_window']:.2f}", f"{r['mflops_token']:.1f}"]  # fmt: skip
         cells += [f"{100 * r[k]['wer']:.2f}% ({r[k]['looping']}/{r[k]['n']})" if k in r else "-" for k in keys]
         cells.append(f"{r['calib_s']:.0f}")
@@ -177,7 +180,8 @@ def main() -> None:
     p.add_argument("--calib", nargs="+", default=[str(DATA / "ljspeech" / "train.tsv")],
                    help="calibration sets, drawn from together (never an evaluation set)")
     p.add_argument("--calib-n", type=int, default=256)
-    p.add_argument("--sens-n", type=int, default=8)
+    p.add_argument("--sens-n", type=int, default=8, help="held-out examples (windows when packed) for the sensitivity KL")
+    p.add_argument("--pack-seconds", type=float, default=None, help="pack the drawn calibration clips into windows of this length")
     p.add_argument("--stride", type=int, default=4, help="encoder frame stride for the Grams (1 = all 1500)")
     p.add_argument("--label-free", action="store_true",
                    help="teacher-force the dense model's own transcripts, not the references, in the calibration decoder")
@@ -191,6 +195,7 @@ def main() -> None:
     p.add_argument("--cache", default=str(ROOT / "build" / "oneshot_table" / "stats-cache"))
     p.add_argument("--json", default=str(ROOT / "build" / "oneshot_table.json"))
     p.add_argument("--resume", action="store_true")
+    p.add_argument("--tag", default="", help="names a calibration setting (folder suffix and resume key), e.g. mixed-sens32")
     args = p.parse_args()
 
     import torch
