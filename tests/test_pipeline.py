@@ -106,7 +106,7 @@ def test_run_pipeline_tiny(tmp_path):
 
 
 def test_run_calibrates_as_the_recipe_was_measured(tmp_path, monkeypatch):
-    """`run --recipe oneshot-25` takes the recipe's calibration (256 utterances, stride 4, label-free)
+    """`run --recipe oneshot-25` takes the recipe's calibration (1,024 clips packed in 30 s windows, stride 4, label-free)
     unless --calib-n says otherwise, as `prune --recipe` does."""
     from typer.testing import CliRunner
 
@@ -128,5 +128,5 @@ def test_run_calibrates_as_the_recipe_was_measured(tmp_path, monkeypatch):
         res = CliRunner().invoke(app, [*base, "--out", str(tmp_path / f"r{len(extra)}"), *extra])
         assert res.exit_code == 2 and "stopped by the test" in res.output, res.output
     recipe, custom = (c.prune for c in seen)
-    assert (recipe.calib.n, recipe.calib.label_free, recipe.stats.stride) == (256, True, 4)
+    assert (recipe.calib.n, recipe.calib.label_free, recipe.stats.stride, recipe.calib.pack_seconds) == (1024, True, 4, 30.0)
     assert (custom.calib.n, custom.calib.label_free, custom.stats.stride) == (64, True, 4)

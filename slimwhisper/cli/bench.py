@@ -81,7 +81,8 @@ def run(
     out: Annotated[Path, typer.Option("--out", help="Folder for everything this run makes (rerun to resume).")],
     recipe: Annotated[str | None, typer.Option(help="Named pruning recipe (slimwhisper.compress.recipes).")] = None,
     plan: Annotated[Path | None, typer.Option(help="Prune plan JSON instead of a recipe.")] = None,
-    calib: Annotated[Path | None, typer.Option(help="Calibration audio (scores; also the recovery training data).")] = None,
+    calib: Annotated[list[Path] | None, typer.Option(help="Calibration audio (scores; also the recovery training data); "
+                     "repeatable: clips are drawn from all sets together (never an evaluation set).")] = None,
     calib_n: Annotated[int | None, typer.Option(min=1, help="Calibration (and recovery training) utterances "
                                                        "(default: the recipe's, else 32).")] = None,
     recover: Annotated[str | None, typer.Option(help="Recovery after pruning: finetune | lora | distill | layerwise "
@@ -108,12 +109,13 @@ def run(
 
     if recipe is None and plan is None:
         raise RunError("give --recipe NAME or --plan FILE (see slimwhisper prune --help for the recipes)")
-    if recover is not None and calib is None:
+    if recover is not None and not calib:
         raise RunError("--recover trains on --calib audio: pass --calib DATA (e.g. ../shared/data/ljspeech/train.tsv)")
     alloc, score, reconstruct = choose_alloc(recipe, plan, None, AllocConfig())
-    # the calibration the recipe was measured with (utterances, encoder stride, label-free), as `prune` does
-    calib_n, stride, label_free = calibration_for(recipe if plan is None else None, calib_n, None)
-    calib_cfg = None if calib is None else CalibConfig(str(calib), n=calib_n, label_free=label_free)
+    # the calibration the recipe was measured with (utterances, encoder stride, label-free, packing), as `prune` does
+    calib_n, stride, label_free, pack = calibration_for(recipe if plan is None else None, calib_n, None)
+    calib_cfg = None if not calib else CalibConfig(str(calib[0]), n=calib_n, label_free=label_free, pack_seconds=pack,
+                                                   more_data=tuple(str(c) for c in calib[1:]))
     extra = {} if reconstruct is None else {"reconstruct": reconstruct}
     prune_cfg = PruneConfig(model=model, out=str(out / "pruned"), score=score, alloc=alloc, calib=calib_cfg,
                             plan=None if plan is None else str(plan), recipe=recipe, force=True,
@@ -129,9 +131,10 @@ def run(
     typer.echo(f"everything is in {out} (bench report: {out / 'bench' / 'report.md'})", err=True)
 
 
-def _recover_config(method: str, calib: Path, n: int, steps: int | None, threads: int):
+def _recover_config(method: str, calib: list[Path], n: int, steps: int | None, threads: int):
     from slimwhisper.train.loop import TrainConfig
     from slimwhisper.train.recover import DEFAULT_LR, RecoverConfig, RecoverMethod
 
     lr = DEFAULT_LR.get(RecoverMethod(method), 1e-4) if method in {m.value for m in RecoverMethod} else 1e-4
-    return RecoverConfig(method, TrainConfig(str(calib), n=n, steps=steps, lr=lr, threads=threads))
+    return RecoverConfig(method, TrainConfig(str(calib[0]), more_data=tuple(str(c) for c in calib[1:]), n=n, steps=steps,
+                                             lr=lr, threads=threads))

@@ -7,32 +7,38 @@ decoder self-attention and the top encoder layers the least sensitive components
 
 ``oneshot-25`` / ``oneshot-35`` are the best one-shot settings measured by
 ``experiments/oneshot_table.py`` (issue 9): structured OBS scores, allocation from measured
-sensitivity for a layer-parameter budget, and a least-squares re-fit (dense-model Grams) of ``out_proj`` /
-``fc2``. They need calibration audio (``--calib``) and carry the calibration they were measured with
-(``calib_n`` utterances, encoder frame ``stats_stride``): the decoder re-fit of an FFN with 1,536
-inputs needs several thousand decoder tokens, i.e. a few hundred utterances, while the encoder has
-1,500 frames per utterance and can be subsampled. On tiny.en at 25%, 64 utterances (stride 1) gave
-8.87% / 8.47% WER on ljspeech/dev / clean-mini, 256 utterances (stride 4, same encoder rows)
-6.70% / 6.85% (dense 5.89% / 4.44%).
+sensitivity for a layer-parameter budget (KL on 16 held-out windows), and a least-squares re-fit of
+``out_proj`` / ``fc2`` walked block by block on the already-pruned model's inputs (sequential).
+They need calibration audio (``--calib``, repeatable) and carry the calibration they were measured
+with: 1,024 clips drawn from the four training sets (ljspeech/train, librispeech-train-unlabeled,
+asterisk-prompts, speechocean762/train), PACKED into 30 s windows (219 windows), labelled by the
+dense model (label-free), encoder frame stride 4.
 
-They calibrate LABEL-FREE: the decoder is teacher-forced on the dense model's own transcript, not
-on the reference, so the re-fit reproduces the dense model where it really decodes (its own token
-sequences), not on text it would not have written. Measured at 25% with the same 256 ljspeech/train
-utterances (ljspeech/dev / clean-mini / speechocean762 eval, greedy): tiny.en references 6.70 /
-6.85 / 40.54 -> label-free 5.21 / 6.45 / 44.63 (dense 5.89 / 4.44 / 39.00); base 5.89 (1 looping) /
-3.63 / 36.57 -> 5.08 (none) / 3.63 / 35.42 (dense 4.46 / 3.23 / 62.66 with 2 looping). At 35%: base
-7.07 (1 looping) / 6.45 -> 5.58 / 4.44 / 37.98 (none looping); tiny.en 7.50 / 13.71 / 59.21 -> 8.80 /
-11.69 / 89.77 (one speechocean762 utterance loops): label-free is kept for both, the base gain is
-the larger and tiny.en at 35% needs recovery either way.
+Why each part (tiny.en at 25%, WER on ljspeech/dev / clean-mini / speechocean762 eval, greedy,
+dense 5.89 / 4.44 / 39.00): the decoder re-fit of an FFN has 1,536 inputs and needs several
+thousand decoder tokens; 64 utterances gave 8.87 / 8.47, 256 ljspeech clips 6.70 / 6.85 (references)
+and 5.21 / 6.45 / 44.63 (label-free: the decoder is teacher-forced on the dense model's own
+transcript, so the re-fit reproduces the dense model where it really decodes). But that draw was
+lucky: 256 clips with 32 held out gave 7.25 / 8.87 / 53.96, all 386 clips 7.25 / 10.08 / 66.24. One
+speaker's audio fits the encoder re-fit to her voice (speechocean762 suffers most). Packed windows
+carry ~4 clips of speech per encoder pass instead of one clip and 24 s of padding, so 1,024 clips of
+four sets cost less than 386 single clips: dense-Gram re-fit 6.88 / 7.66 / 40.15, and with that many
+decoder tokens the sequential walk, which lost at 64 utterances, wins: 6.26 / 6.05 / 41.94. At 35%
+the same settings give 7.56 / 6.45 / 47.19 (one speechocean762 utterance loops) where 256 ljspeech
+clips gave 7.50 / 13.71 (references) or 8.80 / 11.69 (label-free). Measured base figures (256 ljspeech
+clips, label-free, dense Grams): 25% 5.08 / 3.63 / 35.42, 35% 5.58 / 4.44 / 37.98 (dense 4.46 / 3.23
+/ 62.66); base has not been measured with the packed four-set calibration yet.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from slimwhisper.compress.allocate import AllocConfig, Threshold
 from slimwhisper.compress.reconstruct import ReconstructConfig
 from slimwhisper.compress.scores import ScoreConfig
+from slimwhisper.compress.sensconfig import SensAllocConfig
 from slimwhisper.errors import UserError
 
 
@@ -50,15 +56,24 @@ class Recipe:
     calib_n: int | None = None  # calibration utterances the recipe was measured with (None: the CLI default)
     stats_stride: int = 1  # encoder frame stride of its Gram matrices
     label_free: bool | None = None  # CalibConfig.label_free it was measured with (None: references where there are some)
+    pack_seconds: float | None = None  # CalibConfig.pack_seconds it was measured with (None: one clip per example)
+
+
+class Calibration(NamedTuple):
+    n: int
+    stride: int
+    label_free: bool | None
+    pack_seconds: float | None
 
 
 def calibration_for(recipe: str | None, calib_n: int | None, stride: int | None, label_free: bool | None = None,
-                    default_n: int = 32) -> tuple[int, int, bool | None]:  # fmt: skip
-    """(utterances, encoder stride, label-free): what the user gave, else the recipe's, else the defaults."""
+                    pack_seconds: float | None = None, default_n: int = 32) -> Calibration:  # fmt: skip
+    """(utterances, encoder stride, label-free, packing): what the user gave, else the recipe's, else the defaults."""
     chosen = get_recipe(recipe) if recipe is not None else None
     n = calib_n if calib_n is not None else (chosen.calib_n if chosen and chosen.calib_n else default_n)
     lf = label_free if label_free is not None else (chosen.label_free if chosen else None)
-    return n, stride if stride is not None else (chosen.stats_stride if chosen else 1), lf
+    pack = pack_seconds if pack_seconds is not None else (chosen.pack_seconds if chosen else None)
+    return Calibration(n, stride if stride is not None else (chosen.stats_stride if chosen else 1), lf, pack)
 
 
 RECIPES: dict[str, Recipe] = {}
@@ -127,13 +142,15 @@ for _pct in (25, 35):
     register_recipe(
         Recipe(
             f"oneshot-{_pct}",
-            AllocConfig(threshold=Threshold.SENSITIVITY, target_params=_pct / 100),
+            AllocConfig(threshold=Threshold.SENSITIVITY, target_params=_pct / 100, sensitivity=SensAllocConfig(n=16)),
             ScoreConfig("obs"),
             f"{_pct}% of the encoder+decoder layer parameters (heads + FFN neurons), ratios from measured "
-            "sensitivity, structured OBS scores, least-squares re-fit on dense Grams (needs --calib)",
-            ReconstructConfig("lstsq", sequential=False),  # measured; the sequential walk is not validated on tiny.en yet
-            calib_n=256,
+            "sensitivity, structured OBS scores, sequential least-squares re-fit (needs --calib: "
+            "1,024 clips packed into 30 s windows, label-free)",
+            ReconstructConfig("lstsq", sequential=True),
+            calib_n=1024,
             stats_stride=4,
             label_free=True,
+            pack_seconds=30.0,
         )
     )
