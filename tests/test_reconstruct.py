@@ -367,3 +367,21 @@ def test_sensitivity_prices_the_reconstruction_it_will_get(tmp_path):
     assert not plain.alloc.sensitivity.anchor
     with pytest.raises(UserError, match="anchor_damp must be in"):
         SensAllocConfig(anchor=True, anchor_damp=0)
+
+
+def test_sensitivity_hold_out_larger_than_the_packed_windows_is_refused(tmp_path):
+    """Packed calibration counts windows, not clips: the error says how to get more of them."""
+    from slimwhisper.compress import PruneError
+
+    dense_dir = tmp_path / "dense"
+    save_slim(tiny_random_loaded(), dense_dir)
+    calib = write_manifest(tmp_path / "calib", n=4)  # four 0.5 s clips -> one 3.5 s window
+    config = PruneConfig(
+        model=str(dense_dir), out=str(tmp_path / "pruned"), score=ScoreConfig("obs"),
+        alloc=AllocConfig(threshold="sensitivity", target_params=0.2, sensitivity=SensAllocConfig(n=2)),
+        calib=CalibConfig(str(calib), n=4, pack_seconds=30), reconstruct=ReconstructConfig("lstsq", min_rows=0),
+        stats=StatsConfig(cache_dir=str(tmp_path / "cache")),
+    )  # fmt: skip
+    with pytest.raises(PruneError, match=r"got 1 windows of 30 s; pass more --calib-n clips"):
+        prune(config, progress=False, log=lambda m: None)
+    assert not (tmp_path / "pruned").exists()

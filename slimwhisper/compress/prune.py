@@ -193,8 +193,11 @@ def calibrate(loaded: LoadedModel, config: PruneConfig, progress: bool = True, l
     if cal.examples is not None and config.alloc is not None and config.alloc.threshold.value == "sensitivity":
         n = config.alloc.sensitivity.n
         if len(cal.examples) <= n:
-            raise PruneError(f"threshold 'sensitivity' holds out {n} calibration utterances for its KL measurement and needs "
-                             f"more for the statistics: got {len(cal.examples)}; pass --calib-n {n + 32} or more")  # fmt: skip
+            packed = config.calib.pack_seconds is not None
+            raise PruneError(f"threshold 'sensitivity' holds out {n} calibration examples for its KL measurement and needs "
+                             f"more for the statistics: got {len(cal.examples)}"
+                             + (f" windows of {config.calib.pack_seconds:g} s; pass more --calib-n clips (about 4 per window) "
+                                "or a shorter --calib-pack-seconds" if packed else f"; pass --calib-n {n + 32} or more"))  # fmt: skip
         fit, cal.holdout = holdout_split(cal.examples, n)
     if config.needs_grams and fit is not None:
         cal.grams = dense_stats(loaded.model, fit, config.stats, progress, log)
