@@ -141,3 +141,28 @@ def test_sensitivity_command(dense, data, tmp_path):
     assert result.exit_code == 0, result.output
     assert "decoder.1.cross_attn" in result.output
     assert len(json.loads(out.read_text())["rows"]) == 10 and plot.stat().st_size > 0
+
+
+def test_prune_recipe_and_flag_set_the_calibration_packing(dense, data, tmp_path, monkeypatch):
+    """`--recipe oneshot-25` packs as it was measured (30 s windows); --calib-pack-seconds overrides it."""
+    import importlib
+
+    from slimwhisper.errors import UserError
+
+    prune_mod = importlib.import_module("slimwhisper.compress.prune")  # the package exports the function as `prune`
+
+    seen = []
+
+    def stop(config, **kw):
+        seen.append(config)
+        raise UserError("stopped by the test")
+
+    monkeypatch.setattr(prune_mod, "prune", stop)
+    base = ["prune", "-m", str(dense), "--calib", str(data), "--recipe", "oneshot-25", "-q"]
+    for extra in ([], ["--calib-pack-seconds", "12"]):
+        res = runner.invoke(app, [*base, "--out", str(tmp_path / f"o{len(extra)}"), *extra])
+        assert "stopped by the test" in res.output, res.output
+    assert [c.calib.pack_seconds for c in seen] == [30.0, 12.0]
+    assert seen[0].reconstruct.sequential and seen[0].alloc.sensitivity.n == 16
+    res = runner.invoke(app, [*base, "--out", str(tmp_path / "bad"), "--calib-pack-seconds", "31"])
+    assert res.exit_code != 0 and "pack_seconds must be in (0, 30]" in res.output
