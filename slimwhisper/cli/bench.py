@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 
 from slimwhisper.cli import EXIT_USAGE, app
-from slimwhisper.cli.compress import choose_alloc
+from slimwhisper.cli.compress import calib_config, choose_alloc
 from slimwhisper.cli.options import ForceOpt, ModelOpt, QuietOpt, quiet_libraries, say_fn
 
 
@@ -100,7 +100,6 @@ def run(
     """Prune -> (recover) -> export fp32 + int8 -> bench dense vs pruned vs faster-whisper, all in --out."""
     from slimwhisper.bench.report import markdown
     from slimwhisper.compress.allocate import AllocConfig
-    from slimwhisper.compress.calib import CalibConfig
     from slimwhisper.compress.prune import PruneConfig
     from slimwhisper.compress.recipes import calibration_for
     from slimwhisper.compress.stats import StatsConfig
@@ -114,8 +113,7 @@ def run(
     alloc, score, reconstruct = choose_alloc(recipe, plan, None, AllocConfig())
     # the calibration the recipe was measured with (utterances, encoder stride, label-free, packing), as `prune` does
     calib_n, stride, label_free, pack = calibration_for(recipe if plan is None else None, calib_n, None)
-    calib_cfg = None if not calib else CalibConfig(str(calib[0]), n=calib_n, label_free=label_free, pack_seconds=pack,
-                                                   more_data=tuple(str(c) for c in calib[1:]))
+    calib_cfg = calib_config(calib, calib_n, 0, label_free, pack) if calib else None
     extra = {} if reconstruct is None else {"reconstruct": reconstruct}
     prune_cfg = PruneConfig(model=model, out=str(out / "pruned"), score=score, alloc=alloc, calib=calib_cfg,
                             plan=None if plan is None else str(plan), recipe=recipe, force=True,
