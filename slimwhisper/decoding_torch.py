@@ -82,15 +82,17 @@ def specials_for(loaded: LoadedModel) -> Specials:
     return out if vmap is None else vmap.specials(out)
 
 
-def greedy_tokens(loaded: LoadedModel, features, prefix: list[int], max_new_tokens: int = 224) -> list[int]:
-    """Greedy text tokens after ``prefix`` (the full prompt, ``<|notimestamps|>`` included) through
+def greedy_tokens(loaded: LoadedModel, features, prefix: list[int], max_new_tokens: int = 224,
+                  timestamps: bool = False) -> list[int]:
+    """Greedy text tokens after ``prefix`` (the full prompt, ``<|notimestamps|>`` included unless
+    ``timestamps``: then without it, and the tokens carry timestamps by openai-whisper's rules) through
     the one engine: the call for pseudo-labels (``compress/calib.py``) and any other greedy loop."""
     from slimwhisper.runtime.engine import DecodingOptions, decode
 
     model = TorchWhisper(loaded.model)
     feats = features.detach().float().cpu().numpy() if isinstance(features, torch.Tensor) else np.asarray(features)
     specials = specials_for(loaded)
-    opts = DecodingOptions(sample_len=max_new_tokens, fallback=False, timestamps=False)
+    opts = DecodingOptions(sample_len=max_new_tokens, fallback=False, timestamps=timestamps)
     vmap = getattr(loaded.model, "slim_vocab", None)
     orig = vmap.to_orig if vmap is not None else list  # ``prefix`` and the result: original ids
     prefix = vmap.to_new(prefix) if vmap is not None else list(prefix)

@@ -144,7 +144,8 @@ def test_sensitivity_command(dense, data, tmp_path):
 
 
 def test_prune_recipe_and_flag_set_the_calibration_packing(dense, data, tmp_path, monkeypatch):
-    """`--recipe oneshot-25` packs as it was measured (30 s windows); --calib-pack-seconds overrides it."""
+    """`--recipe oneshot-25` packs as it was measured (30 s windows); --calib-pack-seconds overrides it;
+    --calib-timestamps reaches the calibration config."""
     import importlib
 
     from slimwhisper.errors import UserError
@@ -159,10 +160,11 @@ def test_prune_recipe_and_flag_set_the_calibration_packing(dense, data, tmp_path
 
     monkeypatch.setattr(prune_mod, "prune", stop)
     base = ["prune", "-m", str(dense), "--calib", str(data), "--recipe", "oneshot-25", "-q"]
-    for extra in ([], ["--calib-pack-seconds", "12"]):
-        res = runner.invoke(app, [*base, "--out", str(tmp_path / f"o{len(extra)}"), *extra])
+    for k, extra in enumerate(([], ["--calib-pack-seconds", "12"], ["--calib-timestamps", "0.5"])):
+        res = runner.invoke(app, [*base, "--out", str(tmp_path / f"o{k}"), *extra])
         assert "stopped by the test" in res.output, res.output
-    assert [c.calib.pack_seconds for c in seen] == [30.0, 12.0]
+    assert [c.calib.pack_seconds for c in seen] == [30.0, 12.0, 30.0]
+    assert [c.calib.timestamps for c in seen] == [0.0, 0.0, 0.5]
     assert seen[0].reconstruct.sequential and seen[0].alloc.sensitivity.n == 16
     res = runner.invoke(app, [*base, "--out", str(tmp_path / "bad"), "--calib-pack-seconds", "31"])
     assert res.exit_code != 0 and "pack_seconds must be in (0, 30]" in res.output

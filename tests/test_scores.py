@@ -182,3 +182,30 @@ def test_pseudo_labels_are_cached_by_weights_and_audio(tiny_random, tmp_path, mo
         next(tiny_random.model.parameters()).add_(0.01)
     prepare(tiny_random, cfg, utts(2), cache_root=tmp_path)
     assert len(calls) == 4 and len(list(tmp_path.glob("labels-*.json"))) == 2
+
+
+def test_timestamp_share_calibrates_some_examples_in_timestamp_mode(tiny_random):
+    """``timestamps``: that share of the pseudo-labelled examples drops <|notimestamps|> from the prompt
+    and carries the dense model's timestamped transcript (openai's rules: it opens with a timestamp)."""
+    from slimwhisper.compress.calib import timestamp_rows
+    from slimwhisper.decoding_torch import greedy_tokens
+
+    assert timestamp_rows(4, 0.5) == [False, True, False, True] and sum(timestamp_rows(10, 0.3)) == 3
+    assert not any(timestamp_rows(5, 0.0)) and all(timestamp_rows(3, 1.0))
+    exs = prepare(tiny_random, CalibConfig("unused", n=4, label_free=True, timestamps=0.5), utts(4))
+    plain_prefix, ts_prefix = prefix_tokens(tiny_random), prefix_tokens(tiny_random, timestamps=True)
+    assert ts_prefix == plain_prefix[:-1]  # the same prompt without <|notimestamps|>
+    ts_begin = plain_prefix[-1] + 1
+    for ex, stamped in zip(exs, [False, True, False, True]):
+        prefix = ts_prefix if stamped else plain_prefix
+        assert ex.n_prefix == len(prefix) and ex.tokens[0, : ex.n_prefix].tolist() == prefix
+        label = ex.tokens[0, ex.n_prefix : -1].tolist()
+        if stamped:
+            assert label == greedy_tokens(tiny_random, ex.features, ts_prefix, timestamps=True)[:200]
+            assert label and label[0] >= ts_begin
+        else:
+            assert all(t < ts_begin for t in label)
+    with pytest.raises(CalibError, match="timestamps"):
+        CalibConfig("x", timestamps=1.5)
+    with pytest.raises(CalibError, match="references have no timestamps"):
+        CalibConfig("x", timestamps=0.5, label_free=False)

@@ -112,8 +112,8 @@ def run(
         raise RunError("--recover trains on --calib audio: pass --calib DATA (e.g. ../shared/data/ljspeech/train.tsv)")
     alloc, score, reconstruct = choose_alloc(recipe, plan, None, AllocConfig())
     # the calibration the recipe was measured with (utterances, encoder stride, label-free, packing), as `prune` does
-    calib_n, stride, label_free, pack = calibration_for(recipe if plan is None else None, calib_n, None)
-    calib_cfg = calib_config(calib, calib_n, 0, label_free, pack) if calib else None
+    calib_n, stride, label_free, pack, stamps = calibration_for(recipe if plan is None else None, calib_n, None)
+    calib_cfg = calib_config(calib, calib_n, 0, label_free, pack, stamps) if calib else None
     extra = {} if reconstruct is None else {"reconstruct": reconstruct}
     prune_cfg = PruneConfig(model=model, out=str(out / "pruned"), score=score, alloc=alloc, calib=calib_cfg,
                             plan=None if plan is None else str(plan), recipe=recipe, force=True,

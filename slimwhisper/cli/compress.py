@@ -23,11 +23,12 @@ LabelFreeOpt = Annotated[
 ]  # fmt: skip
 
 
-def calib_config(paths: list[Path], n: int, seed: int, label_free: bool | None, pack_seconds: float | None = None):
+def calib_config(paths: list[Path], n: int, seed: int, label_free: bool | None, pack_seconds: float | None = None,
+                 timestamps: float = 0.0):
     from slimwhisper.compress.calib import CalibConfig
 
     return CalibConfig(str(paths[0]), n=n, seed=seed, label_free=label_free, more_data=tuple(str(p) for p in paths[1:]),
-                       pack_seconds=pack_seconds)
+                       pack_seconds=pack_seconds, timestamps=timestamps)
 
 
 @app.command()
@@ -170,6 +171,9 @@ def prune(
     calib_pack_seconds: Annotated[float | None, typer.Option(help="Join the drawn calibration clips into windows of up "
                                   "to this many seconds (<= 30): more speech and decoder tokens per encoder pass "
                                   "(default: the recipe's, else none).")] = None,
+    calib_timestamps: Annotated[float | None, typer.Option(min=0.0, max=1.0, help="Share of the calibration examples "
+                                "teacher-forced in timestamp mode on the dense model's timestamped transcript, as "
+                                "transcribe/eval decode (default: the recipe's, else 0).")] = None,
     seed: SeedOpt = 0,
     label_free: LabelFreeOpt = None,
     eval_data: Annotated[Path | None, typer.Option("--eval", help="Labelled data: print WER before and after.")] = None,
@@ -188,8 +192,8 @@ def prune(
 
     from slimwhisper.compress.budget import budget_from_options
 
-    calib_n, stride, label_free, calib_pack_seconds = calibration_for(recipe, calib_n, stats_stride, label_free,
-                                                                      calib_pack_seconds)
+    calib_n, stride, label_free, calib_pack_seconds, calib_timestamps = calibration_for(
+        recipe, calib_n, stats_stride, label_free, calib_pack_seconds, timestamps=calib_timestamps)
 
     latency = budget_from_options(device, latency_budget, clip_seconds=clip_seconds, precision=precision,
                                   threads=device_threads, metric=budget_metric, target_params=target_params,
@@ -225,7 +229,7 @@ def prune(
         score=score_cfg,
         alloc=alloc,
         plan=None if plan is None else str(plan),
-        calib=calib_config(calib, calib_n, seed, label_free, calib_pack_seconds) if calib else None,
+        calib=calib_config(calib, calib_n, seed, label_free, calib_pack_seconds, calib_timestamps) if calib else None,
         stats=StatsConfig(stride=stride),
         force=force,
         eval_data=None if eval_data is None else str(eval_data),

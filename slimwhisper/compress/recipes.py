@@ -57,6 +57,7 @@ class Recipe:
     stats_stride: int = 1  # encoder frame stride of its Gram matrices
     label_free: bool | None = None  # CalibConfig.label_free it was measured with (None: references where there are some)
     pack_seconds: float | None = None  # CalibConfig.pack_seconds it was measured with (None: one clip per example)
+    calib_timestamps: float = 0.0  # CalibConfig.timestamps: share of examples calibrated in timestamp mode
 
 
 class Calibration(NamedTuple):
@@ -64,16 +65,19 @@ class Calibration(NamedTuple):
     stride: int
     label_free: bool | None
     pack_seconds: float | None
+    timestamps: float = 0.0
 
 
 def calibration_for(recipe: str | None, calib_n: int | None, stride: int | None, label_free: bool | None = None,
-                    pack_seconds: float | None = None, default_n: int = 32) -> Calibration:  # fmt: skip
-    """(utterances, encoder stride, label-free, packing): what the user gave, else the recipe's, else the defaults."""
+                    pack_seconds: float | None = None, default_n: int = 32, timestamps: float | None = None) -> Calibration:  # fmt: skip
+    """(utterances, encoder stride, label-free, packing, timestamp share): what the user gave, else the
+    recipe's, else the defaults."""
     chosen = get_recipe(recipe) if recipe is not None else None
     n = calib_n if calib_n is not None else (chosen.calib_n if chosen and chosen.calib_n else default_n)
     lf = label_free if label_free is not None else (chosen.label_free if chosen else None)
     pack = pack_seconds if pack_seconds is not None else (chosen.pack_seconds if chosen else None)
-    return Calibration(n, stride if stride is not None else (chosen.stats_stride if chosen else 1), lf, pack)
+    ts = timestamps if timestamps is not None else (chosen.calib_timestamps if chosen else 0.0)
+    return Calibration(n, stride if stride is not None else (chosen.stats_stride if chosen else 1), lf, pack, ts)
 
 
 RECIPES: dict[str, Recipe] = {}
