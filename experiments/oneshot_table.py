@@ -10,6 +10,9 @@ calibration set, saved as a slim folder and measured:
 * WER (Whisper's English normaliser) on ljspeech/dev (97), librispeech-clean-mini (14) and
   speechocean762/eval.tsv (120 utterances by 24 speakers never used for calibration);
 * looping: utterances whose decoding hit the token cap (224 per window), never hidden;
+* decoding: ``--decodings greedy`` (default: plain greedy, no fallback: loops stay visible) and/or
+  ``whisper`` (openai-whisper's transcribe defaults, what ``slimwhisper eval`` runs: temperature
+  fallback, no-speech rule, timestamps); the ``whisper`` columns are keyed ``SET@whisper``;
 * calibration seconds: labelling + statistics + scores + allocation + re-fit (``PruneResult.seconds``).
 
 Calibration uses only ``--calib`` (default ljspeech/train.tsv; several sets are drawn from together;
@@ -17,7 +20,8 @@ evaluation sets are refused).
 
     .venv/bin/python experiments/oneshot_table.py --models tiny.en --targets 0.25 0.35 --threads 2
 
-Prints a Markdown table; JSON rows are rewritten after every row (``--resume`` skips rows it has).
+Prints a Markdown table; JSON rows are rewritten after every row (``--resume`` skips rows it has,
+and only evaluates the sets and decodings a row lacks, from its saved folder).
 """
 
 from __future__ import annotations
@@ -36,6 +40,11 @@ EVALS = {
     "so762": DATA / "speechocean762" / "eval.tsv",
 }
 CAP = 224  # DecodeConfig.max_new_tokens
+DECODINGS = ("greedy", "whisper")
+
+
+def eval_key(data_key: str, decoding: str) -> str:
+    return data_key if decoding == "greedy" else f"{data_key}@{decoding}"
 
 
 @dataclass(frozen=True)
@@ -77,15 +86,24 @@ def file_params(folder: Path) -> dict[str, int]:
     return out
 
 
-def wer_of(loaded, data: Path, limit: int | None) -> dict:
+def wer_of(loaded, data: Path, limit: int | None, decoding: str = "greedy") -> dict:
     from slimwhisper.data import load_dataset
     from slimwhisper.evaluate import evaluate
     from slimwhisper.transcribe import DecodeConfig, TorchTranscriber
 
+    decode = DecodeConfig(max_new_tokens=CAP) if decoding == "greedy" else DecodeConfig.whisper(max_new_tokens=CAP)
     t0 = time.perf_counter()
-    res = evaluate(TorchTranscriber(loaded, DecodeConfig(max_new_tokens=CAP)), load_dataset(str(data), limit=limit), progress=False)
-    looping = sum(u.tokens >= CAP for u in res.utterances)
-    return {"wer": res.wer, "looping": looping, "n": res.n, "s": time.perf_counter() - t0}
+    res = evaluate(TorchTranscriber(loaded, decode), load_dataset(str(data), limit=limit), progress=False)
+    looping = sum(u.tokens >= CAP for u in res.utterances)  # after fallback, for "whisper"
+    return {"wer": res.wer, "looping": looping, "n": res.n, "s": time.perf_counter() - t0, "decoding": decoding}
+
+
+def evaluate_row(row: dict, loaded, args) -> bool:
+    """Add the (set, decoding) results ``row`` lacks; True when something was added."""
+    missing = [(k, d) for d in args.decodings for k in args.evals if eval_key(k, d) not in row]
+    for key, dec in missing:
+        row[eval_key(key, dec)] = wer_of(loaded, EVALS[key], args.eval_limit, dec)
+    return bool(missing)
 
 
 def prune_variant(model: str, v: Variant, target: float, args, out: Path):
@@ -98,7 +116,7 @@ def prune_variant(model: str, v: Variant, target: float, args, out: Path):
     config = PruneConfig(
         model=model, out=str(out), force=True, score=ScoreConfig(v.score), alloc=alloc,
         calib=CalibConfig(args.calib[0], n=args.calib_n, seed=0, more_data=tuple(args.calib[1:]), label_free=args.label_free or None,
-                          pack_seconds=args.pack_seconds),
+                          pack_seconds=args.pack_seconds, timestamps=args.calib_timestamps),
         reconstruct=ReconstructConfig(v.method, damp=args.damp, sequential=v.sequential, damp_grid=tuple(args.damp_grid)),
         stats=StatsConfig(cache_dir=args.cache, stride=args.stride),
     )  # fmt: skip
@@ -119,15 +137,20 @@ def run(args, rows, save) -> None:
                 v = VARIANTS[name]
                 t = 0.0 if v.score is None else target
                 damp = None if v.score is None else ("cv" if args.damp_grid else args.damp)
-                if any(r["model"] == model and r["variant"] == name and r["target"] == t and r.get("damp", 0.01) == (damp or 0.01)
-                       and r.get("tag", "") == ("" if v.score is None else args.tag) for r in rows):  # fmt: skip
+                folder = dense_dir if v.score is None else Path(args.work) / model / (
+                    f"{name}-{int(100 * target)}" + ("" if damp == 0.01 else f"-damp{damp}")
+                    + ("-labelfree" if args.label_free else "") + (f"-{args.tag}" if args.tag else ""))
+                have = [r for r in rows if r["model"] == model and r["variant"] == name and r["target"] == t
+                        and r.get("damp", 0.01) == (damp or 0.01) and r.get("tag", "") == ("" if v.score is None else args.tag)]  # fmt: skip
+                if have:
+                    if evaluate_row(have[0], load_model(str(folder)), args):
+                        save(rows)
+                        print(f"[{model}] {name} @ {t:.0%}: " + line(have[0]), flush=True)
                     continue
                 chosen_damps = None
                 if v.score is None:
-                    loaded, folder, seconds, calib_s = load_model(model), dense_dir, {}, 0.0
+                    loaded, seconds, calib_s = load_model(model), {}, 0.0
                 else:
-                    folder = Path(args.work) / model / (f"{name}-{int(100 * target)}" + ("" if damp == 0.01 else f"-damp{damp}")
-                                                      + ("-labelfree" if args.label_free else "") + (f"-{args.tag}" if args.tag else ""))
                     print(f"[{model}] {name} @ {target:.0%}", flush=True)
                     res = prune_variant(model, v, target, args, folder)
                     loaded, seconds = res.loaded, res.seconds
@@ -143,21 +166,25 @@ def run(args, rows, save) -> None:
                        "calib_s": calib_s, "seconds": seconds, "calib_n": args.calib_n, "damp": damp,
                        "damp_grid": args.damp_grid, "damp_chosen": chosen_damps, "label_free": args.label_free,
                        "tag": "" if v.score is None else args.tag, "calib": [Path(c).name if Path(c).suffix else c for c in args.calib],
-                       "sens_n": args.sens_n, "pack_seconds": args.pack_seconds}  # fmt: skip
-                for key in args.evals:
-                    row[key] = wer_of(loaded, EVALS[key], args.eval_limit)
+                       "sens_n": args.sens_n, "pack_seconds": args.pack_seconds, "calib_timestamps": args.calib_timestamps}  # fmt: skip
+                evaluate_row(row, loaded, args)
                 rows.append(row)
                 save(rows)
                 print(f"[{model}] {name} @ {t:.0%}: " + line(row), flush=True)
 
 
+def result_keys(rows: list[dict]) -> list[str]:
+    """The (set, decoding) columns any row has, sets in EVALS order, greedy first."""
+    return [eval_key(k, d) for k in EVALS for d in DECODINGS if any(eval_key(k, d) in r for r in rows)]
+
+
 def line(r: dict) -> str:
-    wers = " ".join(f"{k} {100 * r[k]['wer']:.2f}% (loop {r[k]['looping']})" for k in EVALS if k in r)
+    wers = " ".join(f"{k} {100 * r[k]['wer']:.2f}% (loop {r[k]['looping']})" for k in result_keys([r]))
     return f"removed {r['removed_pct_layers']:.1f}% of layer params, {wers}, calib {r['calib_s']:.0f} s"
 
 
 def markdown(rows: list[dict]) -> str:
-    keys = [k for k in EVALS if any(k in r for r in rows)]
+    keys = result_keys(rows)
     head = "| model | variant | score | alloc | re-fit | params (file) | layer params removed | GFLOPs/window | MFLOPs/token | "
     head += " | ".join(f"WER {k} (looping)" for k in keys) + " | calib s |"
     lines = [head, "|" + "---|" * (10 + len(keys))]
@@ -182,6 +209,8 @@ def main() -> None:
     p.add_argument("--calib-n", type=int, default=256)
     p.add_argument("--sens-n", type=int, default=8, help="held-out examples (windows when packed) for the sensitivity KL")
     p.add_argument("--pack-seconds", type=float, default=None, help="pack the drawn calibration clips into windows of this length")
+    p.add_argument("--calib-timestamps", type=float, default=0.0,
+                   help="share of the (pseudo-labelled) calibration examples teacher-forced in timestamp mode")
     p.add_argument("--stride", type=int, default=4, help="encoder frame stride for the Grams (1 = all 1500)")
     p.add_argument("--label-free", action="store_true",
                    help="teacher-force the dense model's own transcripts, not the references, in the calibration decoder")
@@ -189,6 +218,8 @@ def main() -> None:
                    help="choose each block's damping among these by 2-fold cross-validation (rows then say 'cv')")
     p.add_argument("--damp", type=float, default=0.01, help="re-fit damping (anchored: strength of the pull to the dense weights)")
     p.add_argument("--evals", nargs="+", default=list(EVALS), choices=list(EVALS))
+    p.add_argument("--decodings", nargs="+", default=["greedy"], choices=list(DECODINGS),
+                   help="greedy: no fallback (loops visible); whisper: openai-whisper's defaults (fallback, no-speech)")
     p.add_argument("--eval-limit", type=int, default=None)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--work", default=str(ROOT / "build" / "oneshot_table"))

@@ -33,7 +33,7 @@ import os
 import time
 from pathlib import Path
 
-from oneshot_table import EVALS, file_params, wer_of  # same folder
+from oneshot_table import DECODINGS, EVALS, evaluate_row, file_params, result_keys  # same folder
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / ".." / "shared" / "data"
@@ -68,6 +68,8 @@ def main() -> None:
     ap.add_argument("--warmup", type=float, default=0.1)
     ap.add_argument("--pack-seconds", type=float, default=None,
                     help="join consecutive drawn clips into windows of up to S s (several clips per encoder pass)")
+    ap.add_argument("--decodings", nargs="+", default=["greedy"], choices=list(DECODINGS),
+                    help="greedy: no fallback (loops visible); whisper: openai-whisper's defaults (fallback, no-speech)")
     ap.add_argument("--evals", nargs="+", default=list(EVALS), choices=list(EVALS))
     args = ap.parse_args()
 
@@ -107,11 +109,10 @@ def main() -> None:
         fl = loaded.spec.flops(tokens=1, context=32)
         row = {"params_file": files["total"], "removed_pct_layers": 100 * (1 - files["layers"] / dense_files["layers"]),
                "gflops_window": (fl["encoder"] + fl["cross_kv"]) / 1e9, "cpu_min": cpu_s / 60, "folder": str(folder), **info}  # fmt: skip
-        for key in args.evals:
-            row[key] = wer_of(loaded, EVALS[key], args.eval_limit)
+        evaluate_row(row, loaded, args)
         rows[name] = row
         out_json.write_text(json.dumps(rows, indent=2) + "\n")
-        print(f"{name}: " + " ".join(f"{k} {100 * row[k]['wer']:.2f}% (loop {row[k]['looping']})" for k in args.evals)
+        print(f"{name}: " + " ".join(f"{k} {100 * row[k]['wer']:.2f}% (loop {row[k]['looping']})" for k in result_keys([row]))
               + f" removed {row['removed_pct_layers']:.1f}% cpu {row['cpu_min']:.1f} min  load {os.getloadavg()[0]:.1f}", flush=True)
 
     if not (work / "dense" / "model.safetensors").is_file():
@@ -169,13 +170,18 @@ def main() -> None:
         res = run_tspar(tc, progress=False, loaded=copy.deepcopy(dense))
         done("tspar", work / "tspar", res.loaded, time.process_time() - c0, train=res.training.to_dict())
 
+    for name, r in rows.items():  # rows from an earlier run (--resume): the sets / decodings they lack
+        if r.get("folder") and Path(r["folder"]).is_dir() and evaluate_row(r, load_model(r["folder"]), args):
+            out_json.write_text(json.dumps(rows, indent=2) + "\n")
+
     print(f"\n{args.model} at {args.target:.0%} of layer parameters; {args.steps} steps x batch {args.batch}, "
           f"n={args.n} clips, eval limit {args.eval_limit}, {args.threads} threads\n")  # fmt: skip
-    head = "| row | params (file) | layer params removed | GFLOPs/window | " + " | ".join(f"WER {k} (looping)" for k in EVALS)
-    print(head + " | CPU min |\n|" + "---|" * (5 + len(EVALS)))
+    keys = result_keys(list(rows.values()))
+    head = "| row | params (file) | layer params removed | GFLOPs/window | " + " | ".join(f"WER {k} (looping)" for k in keys)
+    print(head + " | CPU min |\n|" + "---|" * (5 + len(keys)))
     for name, r in rows.items():
         cells = [name, f"{r['params_file']:,}", f"{r['removed_pct_layers']:.1f}%", f"{r['gflops_window']:.2f}"]
-        cells += [f"{100 * r[k]['wer']:.2f}% ({r[k]['looping']}/{r[k]['n']})" if k in r else "-" for k in EVALS]
+        cells += [f"{100 * r[k]['wer']:.2f}% ({r[k]['looping']}/{r[k]['n']})" if k in r else "-" for k in keys]
         print("| " + " | ".join(cells) + f" | {r['cpu_min']:.1f} |")
 
 
