@@ -65,6 +65,8 @@ def main() -> None:
     ap.add_argument("--temperature", type=float, default=2.0)
     ap.add_argument("--encoder-l2", type=float, default=1.0)
     ap.add_argument("--train-embeddings", action="store_true", help="also train the (tied) embeddings")
+    ap.add_argument("--timestamps", type=float, default=0.0,
+                    help="share of the training windows distilled on the teacher's timestamped transcript")
     ap.add_argument("--warmup", type=float, default=0.1)
     ap.add_argument("--pack-seconds", type=float, default=None,
                     help="join consecutive drawn clips into windows of up to S s (several clips per encoder pass)")
@@ -133,7 +135,7 @@ def main() -> None:
 
     c0 = time.process_time()
     utts = select_utterances([str(p) for p in TRAIN], args.n, 0, pack_seconds=args.pack_seconds)
-    tconf = TeacherConfig(hidden_states="oneshot+layerwise" in args.rows)
+    tconf = TeacherConfig(hidden_states="oneshot+layerwise" in args.rows, timestamps=args.timestamps)
     root = Path(args.teacher_cache) if args.teacher_cache else work / "teacher-cache"
     if args.cached_only:  # the clips a previous build already wrote (same weights + settings)
         from slimwhisper.train.teacher import audio_hash, cache_key, weights_hash
@@ -152,7 +154,7 @@ def main() -> None:
         c0 = time.process_time()
         cfg = RecoverConfig(method, train, layerwise_steps=args.layerwise_steps, distill_alpha=args.alpha,
                             distill_temperature=args.temperature, encoder_l2=args.encoder_l2,
-                            freeze_embeddings=not args.train_embeddings)
+                            freeze_embeddings=not args.train_embeddings, timestamps=args.timestamps)
         loaded = recover(load_model(str(pruned_dir)), cfg, teacher=dense, examples=items, progress=False)
         folder = save_recovered(loaded, work / name.replace("+", "_"), cfg, force=True)
         done(name, folder, loaded, time.process_time() - c0, train=loaded.extra["recovery"]["result"],

@@ -156,3 +156,25 @@ def test_imp_prunes_in_rounds_to_the_budget_with_the_same_total_steps(teacher, c
     assert layers(again.spec) < 0.9 * layers(teacher.spec)
     saved = json.loads((tmp_path / "imp" / "pruning.json").read_text())["configs"]["imp"]
     assert saved["rounds"] == 2 and saved["per_round_fraction"] == pytest.approx(1 - 0.7**0.5)
+
+
+def test_timestamp_share_labels_some_clips_with_timestamps(teacher, tmp_path):
+    """``timestamps``: that share of the clips carries the teacher's timestamped transcript (prompt
+    without <|notimestamps|>, first label token a timestamp); the setting has its own cache key and a
+    zero share keeps the key of caches built before the field existed; bad values are refused."""
+    from slimwhisper.compress.calib import prefix_tokens
+    from slimwhisper.train.teacher import cache_key
+
+    stamped = TeacherConfig(top_k=8, max_new_tokens=3, timestamps=0.5)
+    cache = build_cache(teacher, clips(4), tmp_path, stamped, progress=False, log=lambda _m: None)
+    plain, ts = prefix_tokens(teacher), prefix_tokens(teacher, timestamps=True)
+    items = [cache[i] for i in range(4)]
+    assert [it.tokens[0, : it.n_prefix].tolist() for it in items] == [plain, ts, plain, ts]
+    assert all(it.tokens[0, it.n_prefix] > plain[-1] for it in items[1::2])  # a timestamp token opens the label
+    assert all(it.topk_ids.shape[0] == it.tokens.shape[1] - it.n_prefix for it in items)
+    assert "timestamps" not in TeacherConfig().to_dict()
+    assert cache_key("w" * 64, stamped) != cache_key("w" * 64, TeacherConfig(top_k=8, max_new_tokens=3))
+    with pytest.raises(TeacherCacheError, match="share of the clips"):
+        TeacherConfig(timestamps=2)
+    with pytest.raises(RecoverError, match="needs a teacher method"):
+        RecoverConfig("finetune", TrainConfig("unused"), timestamps=0.5)

@@ -128,6 +128,8 @@ def recover(
     layerwise_steps: Annotated[int, typer.Option(min=1, help="layerwise: steps of the per-layer encoder stage.")] = 50,
     layerwise_lr: Annotated[float, typer.Option(help="layerwise: learning rate of the per-layer stage.")] = 3e-4,
     spec_augment: Annotated[bool, typer.Option("--spec-augment", help="SpecAugment masks on the encoder input.")] = False,
+    timestamps: Annotated[float, typer.Option(min=0.0, max=1.0, help="distill/layerwise: share of the training clips "
+                          "labelled with the teacher's timestamped transcript (users decode with timestamps).")] = 0.0,
     train_embeddings: Annotated[bool, typer.Option("--train-embeddings", help="Also train the token/positional embeddings (tied output projection); frozen by default.")] = False,
     warmup: WarmupOpt = 0.0,
     pack_seconds: PackOpt = None,
@@ -165,6 +167,7 @@ def recover(
         method, train_cfg, lora_rank=lora_rank, lora_alpha=lora_alpha, distill_temperature=temperature, distill_alpha=alpha,
         top_k=top_k, decoder_only=decoder_only, encoder_l2=encoder_l2, layerwise_steps=layerwise_steps,
         layerwise_lr=layerwise_lr, spec_augment=spec_augment, freeze_embeddings=not train_embeddings,
+        timestamps=timestamps,
     )  # fmt: skip
     _check_inputs(model, config.method.value, teacher, out, force, data)
     say = say_fn(quiet)

@@ -88,6 +88,7 @@ class RecoverConfig:
     # projection on them pushes down every token they never use. tiny.en at 35%, 240 KD steps at
     # lr 2e-4 with them trainable: ljspeech/dev WER 7.50% -> 17.42% while the training loss fell.
     freeze_embeddings: bool = True
+    timestamps: float = 0.0  # TeacherConfig.timestamps: share of clips distilled on timestamped transcripts
 
     def __post_init__(self) -> None:
         problems = []
@@ -122,6 +123,11 @@ class RecoverConfig:
             problems.append("decoder_only must be true, false or null and spec_augment true or false")
         if self.freeze_embeddings not in (True, False):
             problems.append(f"freeze_embeddings must be true or false, got {self.freeze_embeddings!r}")
+        if isinstance(self.timestamps, bool) or not isinstance(self.timestamps, (int, float)) or not 0 <= self.timestamps <= 1:
+            problems.append(f"timestamps is a share of the training clips, in [0, 1]; got {self.timestamps!r}")
+        elif self.timestamps and self.method not in TEACHER_METHODS:
+            problems.append(f"timestamps (timestamped teacher transcripts) needs a teacher method "
+                            f"({', '.join(m.value for m in TEACHER_METHODS)}), not {self.method.value}")
         if self.decoder_only is True and self.spec_augment:
             problems.append("spec_augment masks the encoder's input; with decoder_only the encoder is skipped")
         if problems:
@@ -143,6 +149,7 @@ class RecoverConfig:
             "layerwise_lr": self.layerwise_lr,
             "spec_augment": self.spec_augment,
             "freeze_embeddings": self.freeze_embeddings,
+            **({"timestamps": self.timestamps} if self.timestamps else {}),  # absent at 0: older configs resume
         }
 
 
@@ -368,7 +375,8 @@ def teacher_examples(teacher: LoadedModel, config: RecoverConfig, cache_dir: str
 
     t = config.train
     utts = select_utterances(t.datasets, t.n, t.seed, log, pack_seconds=t.pack_seconds)
-    settings = TeacherConfig(top_k=config.top_k, hidden_states=config.method is RecoverMethod.LAYERWISE)
+    settings = TeacherConfig(top_k=config.top_k, hidden_states=config.method is RecoverMethod.LAYERWISE,
+                             timestamps=config.timestamps)
     return build_cache(teacher, utts, cache_dir or default_cache_dir(), settings, log=log, progress=progress)
 
 

@@ -36,6 +36,7 @@ from slimwhisper.compress.calib import (
     features_of,
     greedy_transcript,
     prefix_tokens,
+    timestamp_rows,
 )
 from slimwhisper.errors import UserError, raise_problems
 from slimwhisper.outputs import MARKER, write_file, write_json
@@ -56,9 +57,15 @@ class TeacherConfig:
     top_k: int = 64
     hidden_states: bool = False  # per-layer encoder inputs (+ last output), for layer-wise distillation
     max_new_tokens: int = MAX_NEW_TOKENS
+    # Share of the clips whose pseudo-label is the teacher's TIMESTAMPED transcript (prompt without
+    # <|notimestamps|>), spread evenly (``calib.timestamp_rows``): users decode with timestamps, and a
+    # student distilled only without them is never trained in that mode (see ``CalibConfig.timestamps``).
+    timestamps: float = 0.0
 
     def __post_init__(self) -> None:
         problems = []
+        if isinstance(self.timestamps, bool) or not isinstance(self.timestamps, (int, float)) or not 0 <= self.timestamps <= 1:
+            problems.append(f"teacher.timestamps is a share of the clips, in [0, 1]; got {self.timestamps!r}")
         for name in ("top_k", "max_new_tokens"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -68,7 +75,10 @@ class TeacherConfig:
         raise_problems(TeacherCacheError, "invalid teacher-cache settings", problems)
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "version": VERSION}
+        d = {**asdict(self), "version": VERSION}
+        if not self.timestamps:  # caches built before the field existed keep their key
+            d.pop("timestamps")
+        return d
 
 
 @dataclass
@@ -108,8 +118,9 @@ def cache_key(weights: str, config: TeacherConfig) -> str:
 
 
 @torch.no_grad()
-def teacher_item(teacher: LoadedModel, utt_id: str, audio, config: TeacherConfig) -> TeacherItem:
-    """Features, encoder output (+ layer inputs), greedy pseudo-label and top-k log-probs of one clip."""
+def teacher_item(teacher: LoadedModel, utt_id: str, audio, config: TeacherConfig, timestamps: bool = False) -> TeacherItem:
+    """Features, encoder output (+ layer inputs), greedy pseudo-label (with timestamp tokens when
+    ``timestamps``) and top-k log-probs of one clip."""
     model = teacher.model.eval()
     feats = features_of(teacher, audio)
     encoder = model.model.encoder
@@ -124,8 +135,13 @@ def teacher_item(teacher: LoadedModel, utt_id: str, audio, config: TeacherConfig
     finally:
         for hk in hooks:
             hk.remove()
-    prefix, eot = prefix_tokens(teacher), eot_id(teacher)
-    text = greedy_transcript(teacher, feats, config.max_new_tokens)
+    prefix, eot = prefix_tokens(teacher, timestamps=timestamps), eot_id(teacher)
+    if timestamps:
+        from slimwhisper.decoding_torch import greedy_tokens
+
+        text = greedy_tokens(teacher, feats, prefix, config.max_new_tokens, timestamps=True)
+    else:
+        text = greedy_transcript(teacher, feats, config.max_new_tokens)
     tokens = torch.tensor([prefix + text + [eot]])
     logits = model(encoder_outputs=(enc,), decoder_input_ids=tokens[:, :-1].to(feats.device)).logits[0].float()
     logp = torch.log_softmax(logits[len(prefix) - 1 :], -1)  # counted positions: predict text + eot
@@ -207,12 +223,14 @@ def build_cache(
         write_json(folder / "teacher.json", {"format": FORMAT, "weights_sha256": weights, "settings": config.to_dict(),
                                              "teacher": teacher.name})  # fmt: skip
     files, built, reused = [], 0, 0
-    for utt in track(list(utterances), description="teacher cache", enabled=progress):
+    utterances = list(utterances)
+    stamped = timestamp_rows(len(utterances), config.timestamps)
+    for utt, ts in track(list(zip(utterances, stamped)), description="teacher cache", enabled=progress):
         path = folder / f"{audio_hash(utt.audio)[:32]}.pt"
         if path.is_file():
             reused += 1
         else:
-            item = teacher_item(teacher, utt.id, utt.audio, config)
+            item = teacher_item(teacher, utt.id, utt.audio, config, timestamps=ts)
             buf = io.BytesIO()
             torch.save({"key": key, **item.__dict__}, buf)
             write_file(path, buf.getvalue())
