@@ -87,7 +87,7 @@ def test_plan_file_and_errors(dense_dir, calib_dir, tmp_path):
 def test_recipe_carries_its_calibration_and_the_user_overrides_it():
     from slimwhisper.compress.recipes import RecipeError, calibration_for
 
-    assert calibration_for("oneshot-25", None, None) == (1024, 4, True, 30.0, 0.0)  # what the recipe was measured with
+    assert calibration_for("oneshot-25", None, None) == (1024, 4, True, 30.0, 0.5)  # what the recipe was measured with
     assert calibration_for("oneshot-25", 64, 1, False, 15.0) == (64, 1, False, 15.0, 0.0)  # the user's choice wins (--labels)
     assert calibration_for("dec-self-attn-50", None, None) == (32, 1, None, None, 0.0)  # recipes without one: defaults
     assert calibration_for(None, None, 2) == (32, 2, None, None, 0.0)
