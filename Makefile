@@ -21,7 +21,7 @@ DEMO_OUT := demo-out
 # calibrated on the synthetic demo set itself (too few clips for oneshot-25's sensitivity hold-out),
 # with a short distillation since one-shot head removal loops on some clips.
 HAVE_REAL := $(wildcard $(SHARED_DATA)/ljspeech/train.tsv)
-CALIB_SETS := $(foreach s,ljspeech/train.tsv librispeech-train-unlabeled asterisk-prompts speechocean762/train.tsv,$(SHARED_DATA)/$(s))
+CALIB_SETS := $(wildcard $(addprefix $(SHARED_DATA)/,ljspeech/train.tsv librispeech-train-unlabeled asterisk-prompts speechocean762/train.tsv))
 DEMO_RECIPE ?= $(if $(HAVE_REAL),oneshot-25,dec-self-attn-50)
 DEMO_RECOVER ?= $(if $(HAVE_REAL),,distill)
 DEMO_RECOVER_STEPS ?= 30

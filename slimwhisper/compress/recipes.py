@@ -28,7 +28,7 @@ the same settings give 7.56 / 6.45 / 47.19 (one speechocean762 utterance loops) 
 clips gave 7.50 / 13.71 (references) or 8.80 / 11.69 (label-free). Measured base figures (256 ljspeech
 clips, label-free, dense Grams): 25% 5.08 / 3.63 / 35.42, 35% 5.58 / 4.44 / 37.98 (dense 4.46 / 3.23
 / 62.66); with the packed four-set calibration (sequential, no timestamps) base at 25% gives 4.77 /
-3.63 / 30.31, none looping.
+3.63 / 30.31 and at 35% 5.08 / 2.82 / 30.56, none looping.
 
 Decoding mode. ``slimwhisper transcribe`` / ``eval`` decode as openai-whisper does (timestamps,
 temperature fallback), and a decoder calibrated only on ``<|notimestamps|>`` prompts was weaker there:
