@@ -98,9 +98,11 @@ def wer_of(loaded, data: Path, limit: int | None, decoding: str = "greedy") -> d
     return {"wer": res.wer, "looping": looping, "n": res.n, "s": time.perf_counter() - t0, "decoding": decoding}
 
 
-def evaluate_row(row: dict, loaded, args) -> bool:
-    """Add the (set, decoding) results ``row`` lacks; True when something was added."""
+def evaluate_row(row: dict, load, args) -> bool:
+    """Add the (set, decoding) results ``row`` lacks; True when something was added. ``load()``
+    gives the model, called only when something is missing (a resumed table loads nothing)."""
     missing = [(k, d) for d in args.decodings for k in args.evals if eval_key(k, d) not in row]
+    loaded = load() if missing else None
     for key, dec in missing:
         row[eval_key(key, dec)] = wer_of(loaded, EVALS[key], args.eval_limit, dec)
     return bool(missing)
@@ -143,7 +145,7 @@ def run(args, rows, save) -> None:
                 have = [r for r in rows if r["model"] == model and r["variant"] == name and r["target"] == t
                         and r.get("damp", 0.01) == (damp or 0.01) and r.get("tag", "") == ("" if v.score is None else args.tag)]  # fmt: skip
                 if have:
-                    if evaluate_row(have[0], load_model(str(folder)), args):
+                    if evaluate_row(have[0], lambda f=folder: load_model(str(f)), args):
                         save(rows)
                         print(f"[{model}] {name} @ {t:.0%}: " + line(have[0]), flush=True)
                     continue
@@ -167,7 +169,7 @@ def run(args, rows, save) -> None:
                        "damp_grid": args.damp_grid, "damp_chosen": chosen_damps, "label_free": args.label_free,
                        "tag": "" if v.score is None else args.tag, "calib": [Path(c).name if Path(c).suffix else c for c in args.calib],
                        "sens_n": args.sens_n, "pack_seconds": args.pack_seconds, "calib_timestamps": args.calib_timestamps}  # fmt: skip
-                evaluate_row(row, loaded, args)
+                evaluate_row(row, lambda m=loaded: m, args)
                 rows.append(row)
                 save(rows)
                 print(f"[{model}] {name} @ {t:.0%}: " + line(row), flush=True)

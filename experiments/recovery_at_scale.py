@@ -111,7 +111,7 @@ def main() -> None:
         fl = loaded.spec.flops(tokens=1, context=32)
         row = {"params_file": files["total"], "removed_pct_layers": 100 * (1 - files["layers"] / dense_files["layers"]),
                "gflops_window": (fl["encoder"] + fl["cross_kv"]) / 1e9, "cpu_min": cpu_s / 60, "folder": str(folder), **info}  # fmt: skip
-        evaluate_row(row, loaded, args)
+        evaluate_row(row, lambda: loaded, args)
         rows[name] = row
         out_json.write_text(json.dumps(rows, indent=2) + "\n")
         print(f"{name}: " + " ".join(f"{k} {100 * row[k]['wer']:.2f}% (loop {row[k]['looping']})" for k in result_keys([row]))
@@ -173,7 +173,7 @@ def main() -> None:
         done("tspar", work / "tspar", res.loaded, time.process_time() - c0, train=res.training.to_dict())
 
     for name, r in rows.items():  # rows from an earlier run (--resume): the sets / decodings they lack
-        if r.get("folder") and Path(r["folder"]).is_dir() and evaluate_row(r, load_model(r["folder"]), args):
+        if r.get("folder") and Path(r["folder"]).is_dir() and evaluate_row(r, lambda f=r["folder"]: load_model(f), args):
             out_json.write_text(json.dumps(rows, indent=2) + "\n")
 
     print(f"\n{args.model} at {args.target:.0%} of layer parameters; {args.steps} steps x batch {args.batch}, "

@@ -68,8 +68,8 @@ class CalibConfig:
         from slimwhisper.packing import pack_seconds_problem
 
         problems = []
-        if isinstance(self.timestamps, bool) or not isinstance(self.timestamps, (int, float)) or not 0 <= self.timestamps <= 1:
-            problems.append(f"calib.timestamps is the share of examples calibrated with timestamps, in [0, 1]; got {self.timestamps!r}")
+        if problem := timestamp_share_problem(self.timestamps, "calib.timestamps", "the examples"):
+            problems.append(problem)
         elif self.timestamps > 0 and self.label_free is False:
             problems.append("calib.timestamps needs the dense model's transcripts (references have no timestamps): "
                             "drop label_free=False or set timestamps to 0")
@@ -157,6 +157,25 @@ def greedy_transcript(loaded: LoadedModel, features: torch.Tensor, max_new_token
     return out
 
 
+def dense_label(loaded: LoadedModel, features: torch.Tensor, timestamps: bool = False,
+                max_new_tokens: int = MAX_NEW_TOKENS) -> list[int]:
+    """The dense model's greedy pseudo-label of one window: text tokens, or (``timestamps``) the
+    transcript with timestamp tokens after the prompt without <|notimestamps|> (openai's rules,
+    through the one decoding engine). Calibration and the teacher cache both label with this."""
+    if not timestamps:
+        return greedy_transcript(loaded, features, max_new_tokens)
+    from slimwhisper.decoding_torch import greedy_tokens
+
+    return greedy_tokens(loaded, features, prefix_tokens(loaded, timestamps=True), max_new_tokens, timestamps=True)
+
+
+def timestamp_share_problem(value, name: str, of: str) -> str | None:
+    """Why ``value`` is not a share (in [0, 1]) of ``of`` decoded with timestamps, or None."""
+    if not isinstance(value, bool) and isinstance(value, (int, float)) and 0 <= value <= 1:
+        return None
+    return f"{name} is the share of {of} with timestamps, in [0, 1]; got {value!r}"
+
+
 def timestamp_rows(n: int, share: float) -> list[bool]:
     """Which of ``n`` examples are calibrated with timestamps: ``round(n * share)`` of them, spread
     evenly over the (id-sorted) examples so that every data set gets its share."""
@@ -198,21 +217,20 @@ def prepare(loaded: LoadedModel, config: CalibConfig, utterances=None, cache_roo
             f"{len(missing)} calibration utterances have no reference text (e.g. {missing[:3]}); "
             "pass label_free=None/True to label them with the dense model's transcript"
         )
-    from slimwhisper.decoding_torch import greedy_tokens
-
     eot = eot_id(loaded)
     prefixes = {ts: prefix_tokens(loaded, timestamps=ts) for ts in (False, True)}
     was_training = loaded.model.training
     loaded.model.eval()
-    labels = {ts: LabelCache(loaded, prefixes[ts], cache_root) for ts in (False, True)}
-    label_fn = {False: lambda f: greedy_transcript(loaded, f),
-                True: lambda f: greedy_tokens(loaded, f, prefixes[True], MAX_NEW_TOKENS, timestamps=True)}
+    from slimwhisper.compress.stats import weights_hash
+
+    wh = weights_hash(loaded.model) if cache_root is not None else ""  # once for both prompts' caches
+    labels = {ts: LabelCache(wh, prefixes[ts], cache_root) for ts in (False, True)}
     out = []
     for u, ts in zip(utts, timestamp_rows(len(utts), config.timestamps), strict=True):
         feats = features_of(loaded, u.audio)
         use_model = config.label_free is True or not (u.text or "").strip()
         ts = ts and use_model
-        text = labels[ts].get(u.audio, lambda f=feats, t=ts: label_fn[t](f)) if use_model else text_tokens(loaded, u.text)
+        text = labels[ts].get(u.audio, lambda f=feats, t=ts: dense_label(loaded, f, t)) if use_model else text_tokens(loaded, u.text)
         tokens = torch.tensor([prefixes[ts] + text + [eot]], device=feats.device)
         out.append(CalibExample(u.id, feats, tokens, len(prefixes[ts]), use_model))
     for cache in labels.values():
@@ -225,13 +243,11 @@ class LabelCache:
     """The dense model's greedy transcripts by audio sha256, in one JSON file per weights hash
     (and decoding prefix / token cap); a file that cannot be read is ignored and rewritten."""
 
-    def __init__(self, loaded: LoadedModel, prefix: list[int], root: Path | None) -> None:
+    def __init__(self, weights_sha256: str, prefix: list[int], root: Path | None) -> None:
         self.path, self.labels, self.new = None, {}, 0
         if root is None:
             return
-        from slimwhisper.compress.stats import weights_hash
-
-        key = hashlib.sha256(f"{weights_hash(loaded.model)}|{prefix}|{MAX_NEW_TOKENS}".encode()).hexdigest()[:24]
+        key = hashlib.sha256(f"{weights_sha256}|{prefix}|{MAX_NEW_TOKENS}".encode()).hexdigest()[:24]
         self.path = Path(root) / f"labels-{key}.json"
         if self.path.is_file():
             try:

@@ -37,7 +37,12 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from slimwhisper.compress.calib import IGNORE, Batch, CalibExample
+from slimwhisper.compress.calib import (
+    IGNORE,
+    Batch,
+    CalibExample,
+    timestamp_share_problem,
+)
 from slimwhisper.errors import UserError
 from slimwhisper.train.checkpoint import Checkpointing
 from slimwhisper.train.distill import kd_loss, layerwise_loss
@@ -123,8 +128,8 @@ class RecoverConfig:
             problems.append("decoder_only must be true, false or null and spec_augment true or false")
         if self.freeze_embeddings not in (True, False):
             problems.append(f"freeze_embeddings must be true or false, got {self.freeze_embeddings!r}")
-        if isinstance(self.timestamps, bool) or not isinstance(self.timestamps, (int, float)) or not 0 <= self.timestamps <= 1:
-            problems.append(f"timestamps is a share of the training clips, in [0, 1]; got {self.timestamps!r}")
+        if problem := timestamp_share_problem(self.timestamps, "timestamps", "the training clips"):
+            problems.append(problem)
         elif self.timestamps and self.method not in TEACHER_METHODS:
             problems.append(f"timestamps (timestamped teacher transcripts) needs a teacher method "
                             f"({', '.join(m.value for m in TEACHER_METHODS)}), not {self.method.value}")

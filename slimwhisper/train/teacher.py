@@ -3,7 +3,7 @@
 Per clip (``TeacherItem``): the log-mel features, the dense encoder output (float16), optionally
 the input of every encoder layer plus the last layer's output before the final LayerNorm
 (float16, ``hidden_states``: the targets of layer-wise distillation), the dense greedy transcript
-(the pseudo-label, Whisper's own decoding rules: ``calib.greedy_transcript``) and, teacher-forced
+(the pseudo-label, Whisper's own decoding rules: ``calib.dense_label``) and, teacher-forced
 on that transcript, the top-k log-probabilities of every counted decoder position (k = 64 keeps
 a KL term at ~0.1% of the storage of 51,865 floats per token; "sparse" / top-k KD as in
 Hinton et al. 2015 with the tail dropped, cf. Raman et al. 2023).
@@ -32,11 +32,12 @@ from slimwhisper.compress.calib import (
     MAX_NEW_TOKENS,
     Batch,
     collate,
+    dense_label,
     eot_id,
     features_of,
-    greedy_transcript,
     prefix_tokens,
     timestamp_rows,
+    timestamp_share_problem,
 )
 from slimwhisper.errors import UserError, raise_problems
 from slimwhisper.outputs import MARKER, write_file, write_json
@@ -64,8 +65,8 @@ class TeacherConfig:
 
     def __post_init__(self) -> None:
         problems = []
-        if isinstance(self.timestamps, bool) or not isinstance(self.timestamps, (int, float)) or not 0 <= self.timestamps <= 1:
-            problems.append(f"teacher.timestamps is a share of the clips, in [0, 1]; got {self.timestamps!r}")
+        if problem := timestamp_share_problem(self.timestamps, "teacher.timestamps", "the clips"):
+            problems.append(problem)
         for name in ("top_k", "max_new_tokens"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -136,12 +137,7 @@ def teacher_item(teacher: LoadedModel, utt_id: str, audio, config: TeacherConfig
         for hk in hooks:
             hk.remove()
     prefix, eot = prefix_tokens(teacher, timestamps=timestamps), eot_id(teacher)
-    if timestamps:
-        from slimwhisper.decoding_torch import greedy_tokens
-
-        text = greedy_tokens(teacher, feats, prefix, config.max_new_tokens, timestamps=True)
-    else:
-        text = greedy_transcript(teacher, feats, config.max_new_tokens)
+    text = dense_label(teacher, feats, timestamps, config.max_new_tokens)
     tokens = torch.tensor([prefix + text + [eot]])
     logits = model(encoder_outputs=(enc,), decoder_input_ids=tokens[:, :-1].to(feats.device)).logits[0].float()
     logp = torch.log_softmax(logits[len(prefix) - 1 :], -1)  # counted positions: predict text + eot
