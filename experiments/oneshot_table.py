@@ -95,7 +95,8 @@ def wer_of(loaded, data: Path, limit: int | None, decoding: str = "greedy") -> d
     t0 = time.perf_counter()
     res = evaluate(TorchTranscriber(loaded, decode), load_dataset(str(data), limit=limit), progress=False)
     looping = sum(u.tokens >= CAP for u in res.utterances)  # after fallback, for "whisper"
-    return {"wer": res.wer, "looping": looping, "n": res.n, "s": time.perf_counter() - t0, "decoding": decoding}
+    return {"wer": res.wer, "looping": looping, "n": res.n, "s": time.perf_counter() - t0, "decoding": decoding,
+            "fallbacks": res.fallbacks}
 
 
 def evaluate_row(row: dict, load, args) -> bool:
@@ -117,7 +118,7 @@ def prune_variant(model: str, v: Variant, target: float, args, out: Path):
     alloc = AllocConfig(threshold=v.threshold, target_params=target, sensitivity=SensAllocConfig(n=args.sens_n))
     config = PruneConfig(
         model=model, out=str(out), force=True, score=ScoreConfig(v.score), alloc=alloc,
-        calib=CalibConfig(args.calib[0], n=args.calib_n, seed=0, more_data=tuple(args.calib[1:]), label_free=args.label_free or None,
+        calib=CalibConfig(args.calib[0], n=args.calib_n, seed=args.seed, more_data=tuple(args.calib[1:]), label_free=args.label_free or None,
                           pack_seconds=args.pack_seconds, timestamps=args.calib_timestamps),
         reconstruct=ReconstructConfig(v.method, damp=args.damp, sequential=v.sequential, damp_grid=tuple(args.damp_grid)),
         stats=StatsConfig(cache_dir=args.cache, stride=args.stride),
@@ -168,7 +169,8 @@ def run(args, rows, save) -> None:
                        "calib_s": calib_s, "seconds": seconds, "calib_n": args.calib_n, "damp": damp,
                        "damp_grid": args.damp_grid, "damp_chosen": chosen_damps, "label_free": args.label_free,
                        "tag": "" if v.score is None else args.tag, "calib": [Path(c).name if Path(c).suffix else c for c in args.calib],
-                       "sens_n": args.sens_n, "pack_seconds": args.pack_seconds, "calib_timestamps": args.calib_timestamps}  # fmt: skip
+                       "sens_n": args.sens_n, "pack_seconds": args.pack_seconds, "calib_timestamps": args.calib_timestamps,
+                       "seed": args.seed}  # fmt: skip
                 evaluate_row(row, lambda m=loaded: m, args)
                 rows.append(row)
                 save(rows)
@@ -228,6 +230,7 @@ def main() -> None:
     p.add_argument("--cache", default=str(ROOT / "build" / "oneshot_table" / "stats-cache"))
     p.add_argument("--json", default=str(ROOT / "build" / "oneshot_table.json"))
     p.add_argument("--resume", action="store_true")
+    p.add_argument("--seed", type=int, default=0, help="calibration draw (give each draw its own --tag)")
     p.add_argument("--tag", default="", help="names a calibration setting (folder suffix and resume key), e.g. mixed-sens32")
     args = p.parse_args()
 

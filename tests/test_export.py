@@ -242,3 +242,61 @@ def test_int8_encoder_activation_choice_sets_the_kernel_accuracy_level(uneven_bu
     quantize_int8(out / "encoder.onnx", dst, "encoder", ExportConfig(quantize="int8", int8_encoder_activations=int8_activations))
     nbits = [n for n in onnx.load(str(dst)).graph.node if n.op_type == "MatMulNBits"]
     assert nbits and all(next(a.i for a in n.attribute if a.name == "accuracy_level") == level for n in nbits)
+
+
+def tied_table_graph(path, d=64, vocab=300, seed=0):
+    """ids -> Transpose(Gather(W^T, ids, axis=1)) (the embedding) and h -> MatMul(h, W^T) (the
+    projection): the two uses of the tied table in an exported decoder."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    w = (rng.standard_normal((vocab, d)) * 0.02).astype(np.float32)
+    w[:, 3] *= 30  # an outlier dimension, as Whisper's token tables have
+    nodes = [helper.make_node("Gather", ["proj_out.weight_T", "ids"], ["g"], axis=1),
+             helper.make_node("Transpose", ["g"], ["emb"], perm=[1, 2, 0]),
+             helper.make_node("MatMul", ["h", "proj_out.weight_T"], ["logits"])]
+    graph = helper.make_graph(
+        nodes, "tied", [helper.make_tensor_value_info("ids", TensorProto.INT64, [1, "T"]),
+                        helper.make_tensor_value_info("h", TensorProto.FLOAT, [1, "T", d])],
+        [helper.make_tensor_value_info("emb", TensorProto.FLOAT, [1, "T", d]),
+         helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, "T", vocab])],
+        [numpy_helper.from_array(np.ascontiguousarray(w.T), "proj_out.weight_T")])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)], ir_version=10), str(path))
+    return w
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_tied_table_lookup_reads_the_projections_quantized_weights(tmp_path, bits):
+    import onnxruntime as ort
+
+    from slimwhisper.export.quantize import (
+        equalize_tied_table,
+        quantize_weight_only_int8,
+        share_nbits_embedding,
+    )
+
+    src, dst = tmp_path / "tied.onnx", tmp_path / "tied.q.onnx"
+    w = tied_table_graph(src)
+    if bits == 4:
+        equalize_tied_table(src, src)
+    quantize_weight_only_int8(src, dst, block_size=32, accuracy_level=1, bits=bits)  # fp32 activations: exact products
+    share_nbits_embedding(dst, bits)
+    model = onnx.load(str(dst))
+    big = [i for i in model.graph.initializer if int(np.prod(i.dims)) >= w.size * bits // 16]
+    assert [(i.name, int(np.prod(i.dims))) for i in big] == [(f"proj_out.weight_T_Q{bits}", w.size * bits // 8)]  # one table
+    ids = np.array([[0, 5, 299, 5, 42]], dtype=np.int64)
+    h = np.random.default_rng(1).standard_normal((1, 5, w.shape[1])).astype(np.float32)
+    emb, logits = ort.InferenceSession(str(dst)).run(None, {"ids": ids, "h": h})
+    rel = np.linalg.norm(emb[0] - w[ids[0]]) / np.linalg.norm(w[ids[0]])
+    assert rel < (0.03 if bits == 8 else 0.15)  # looked-up rows are the table, quantised
+    # the rows the lookup returns are exactly the weights the projection multiplies by
+    shared, direct = h[0] @ emb[0].T, logits[0][:, ids[0]]
+    assert np.abs(shared - direct).max() < 1e-4 < np.abs(h[0] @ w[ids[0]].T - direct).max()
+
+
+def test_four_bit_table_needs_an_int8_bundle():
+    with pytest.raises(ExportConfigError, match="int8"):
+        ExportConfig(embedding_bits=4)
+    with pytest.raises(ExportConfigError, match="embedding_bits"):
+        ExportConfig(quantize="int8", embedding_bits=2)
+    assert ExportConfig(quantize="int8", embedding_bits=4).to_dict()["embedding_bits"] == 4

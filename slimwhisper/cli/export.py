@@ -21,6 +21,8 @@ def export_command(
     int8_activations: Annotated[bool, typer.Option("--int8-encoder-activations/--fp32-encoder-activations",
                                 help="int8 encoder: quantise activations at run time (VNNI / dot-product kernels) "
                                      "or keep them fp32 (more accurate; speed not yet measured on a quiet machine).")] = True,
+    embedding_bits: Annotated[int, typer.Option("--embedding-bits", help="int8 bundles: bits of the tied token "
+                              "table (8, or 4: half its bytes; see README for the WER it costs).")] = 8,
     force: ForceOpt = False,
     clips: Annotated[int, typer.Option(help="Clips decoded greedily in the parity check.")] = 2,
     threads: Annotated[int, typer.Option(min=1, help="onnxruntime threads for the parity check.")] = 2,
@@ -41,7 +43,7 @@ def export_command(
         typer.echo(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, ggml f16 for whisper.cpp)")
         return
     config = ExportConfig(quantize=quantize, fp16=fp16, ort=ort, parity_clips=clips, threads=threads,
-                          int8_encoder_activations=int8_activations)
+                          int8_encoder_activations=int8_activations, embedding_bits=embedding_bits)
     check_output(out, "bundle", force=force, inputs=[model])  # before the (slow) model load
     quiet_libraries()
     loaded = load_model(model)

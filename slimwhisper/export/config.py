@@ -7,6 +7,7 @@ from typing import Any
 from slimwhisper.errors import UserError
 
 QUANTIZE_CHOICES = (None, "int8")
+EMBEDDING_BITS = (8, 4)
 
 
 class ExportConfigError(UserError, ValueError):
@@ -43,6 +44,10 @@ class ExportConfig:
     # encoder has outlier activation channels: relative output error 4.5% (level 4) vs 1.7% (level 1)
     # on 3 ljspeech/dev clips; its speed was only compared on a busy machine (not slower there).
     int8_encoder_activations: bool = True
+    # int8 bundles: bits of the tied token table (embedding + output projection, 53% of tiny.en's
+    # weights). 4 = symmetric 4-bit weights in blocks of EMBEDDING_BLOCK_4BIT along d, one fp16
+    # scale per block (issue 12: the table shrinks from 20.2 to ~10.6 MB in tiny.en).
+    embedding_bits: int = 8
 
     def __post_init__(self) -> None:
         if isinstance(self.parity, dict):  # from JSON
@@ -52,6 +57,10 @@ class ExportConfig:
             problems.append(f"quantize must be one of {QUANTIZE_CHOICES}, got {self.quantize!r}")
         if not isinstance(self.opset, int) or not 17 <= self.opset <= 21:
             problems.append(f"opset must be an int in 17..21 (tested: 20), got {self.opset!r}")
+        if self.embedding_bits not in EMBEDDING_BITS or isinstance(self.embedding_bits, bool):
+            problems.append(f"embedding_bits must be one of {EMBEDDING_BITS}, got {self.embedding_bits!r}")
+        elif self.embedding_bits != 8 and self.quantize != "int8":
+            problems.append("embedding_bits applies to int8 bundles only: add --quantize int8")
         if self.int8_encoder_activations not in (True, False):
             problems.append(f"int8_encoder_activations must be true or false, got {self.int8_encoder_activations!r}")
         for name in ("parity_clips", "parity_max_tokens", "threads"):
