@@ -96,7 +96,7 @@ def wer_of(loaded, data: Path, limit: int | None, decoding: str = "greedy") -> d
     res = evaluate(TorchTranscriber(loaded, decode), load_dataset(str(data), limit=limit), progress=False)
     looping = sum(u.tokens >= CAP for u in res.utterances)  # after fallback, for "whisper"
     return {"wer": res.wer, "looping": looping, "n": res.n, "s": time.perf_counter() - t0, "decoding": decoding,
-            "fallbacks": res.fallbacks}
+            "fallbacks": sum(u.fallbacks for u in res.utterances)}
 
 
 def evaluate_row(row: dict, load, args) -> bool:

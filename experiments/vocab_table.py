@@ -18,6 +18,7 @@ prints the ``slimwhisper bench`` command that measures it for dense and pruned b
 
     .venv/bin/python experiments/vocab_table.py --models tiny.en --max-vocab tiny.en=15000 --threads 1
     .venv/bin/python experiments/vocab_table.py --models tiny.en base --timing-command
+    .venv/bin/python experiments/vocab_table.py --models tiny.en --max-vocab tiny.en=30000 --backends bundle --embedding-bits 4
 
 Prints a Markdown table; JSON rows are rewritten after every row (``--resume`` skips rows it has).
 """
@@ -44,7 +45,7 @@ def folder_mb(folder: Path) -> float:
 
 
 def make_models(model: str, n: int | None, work: Path, threads: int, bundle_too: bool = True,
-                texts: tuple[str, ...] = ()) -> tuple[Path, Path]:  # fmt: skip
+                texts: tuple[str, ...] = (), embedding_bits: int = 8) -> tuple[Path, Path]:  # fmt: skip
     """(slim folder, int8 bundle) of ``model`` (dense when ``n`` is None), made once and reused."""
     from slimwhisper.compress.prune import PruneConfig, prune
     from slimwhisper.compress.vocab import VocabConfig
@@ -54,7 +55,7 @@ def make_models(model: str, n: int | None, work: Path, threads: int, bundle_too:
     from slimwhisper.models.slimdir import save_slim
 
     name = "dense" if n is None else f"vocab-en-{n}" + ("-text" if texts else "")
-    slim, bundle = work / model / name, work / model / f"{name}-int8"
+    slim, bundle = work / model / name, work / model / (f"{name}-int8" + ("" if embedding_bits == 8 else f"-table{embedding_bits}"))
     if not (slim / "model.safetensors").is_file():
         if n is None:
             save_slim(load_model(model), slim, force=True)
@@ -63,8 +64,8 @@ def make_models(model: str, n: int | None, work: Path, threads: int, bundle_too:
             prune(PruneConfig(model=model, out=str(slim), force=True, vocab=VocabConfig(max_vocab=n, references=refs, texts=texts)),
                   progress=False)
     if bundle_too and not (bundle / "manifest.json").is_file():
-        export_bundle(load_model(str(slim)), bundle, ExportConfig(quantize="int8", threads=threads), force=True,
-                      log=lambda m: None)
+        export_bundle(load_model(str(slim)), bundle, ExportConfig(quantize="int8", threads=threads, embedding_bits=embedding_bits),
+                      force=True, log=lambda m: None)
     return slim, bundle
 
 
@@ -133,7 +134,8 @@ def row_for(model: str, n: int | None, backend: str, args) -> dict:
     from slimwhisper.spec import ArchSpec
 
     texts = tuple(args.vocab_text) if n is not None else ()
-    slim, bundle = make_models(model, n, Path(args.work), args.threads, bundle_too=backend == "bundle", texts=texts)
+    slim, bundle = make_models(model, n, Path(args.work), args.threads, bundle_too=backend == "bundle", texts=texts,
+                               embedding_bits=args.embedding_bits)
     if n is not None and args.recover_steps:
         slim, bundle = recovered(model, slim, bundle, args)
     meta = json.loads((slim / "slimwhisper.json").read_text())
@@ -142,7 +144,8 @@ def row_for(model: str, n: int | None, backend: str, args) -> dict:
     vocab = (pruning.get("configs") or {}).get("vocab") or {}
     row = {"model": model, "max_vocab": n, "backend": backend, "vocab": spec.vocab, "params": spec.params(),
            "mflops_token": spec.flops(tokens=1, context=32)["decoder_token"] / 1e6, "bundle_mb": folder_mb(bundle) if bundle.is_dir() else float("nan"),
-           "coverage": vocab.get("report"), "texts": list(texts), "recover": recover_key(args, n)}
+           "coverage": vocab.get("report"), "texts": list(texts), "recover": recover_key(args, n),
+           "embedding_bits": args.embedding_bits if backend == "bundle" else None}
     source = slim if backend == "torch" else bundle
     for key in args.evals:
         row[key] = evaluate_on(backend, source, key, args.limit)
@@ -160,7 +163,7 @@ def differ(rows: list[dict]) -> None:
     """Hypotheses that differ from the unpruned model's (same model, backend and set)."""
     for r in rows:
         base = next((d for d in rows if d["model"] == r["model"] and d["backend"] == r["backend"]
-                     and d["max_vocab"] is None), None)
+                     and d["max_vocab"] is None and d.get("embedding_bits", 8) in (8, None)), None)
         for key in EVALS:
             if key in r and base is not None and key in base:
                 from slimwhisper.text import normalize
@@ -177,6 +180,8 @@ def line(r: dict) -> str:
         rec = r["recover"]
         n += f" +KD {rec['steps']}" + (" emb" if rec["embeddings"] else "") + (
             f" lr {rec['lr']:g} a {rec['alpha']:g}" if "alpha" in rec or rec["lr"] != 1e-4 else "")
+    if r.get("embedding_bits") not in (8, None):
+        n += f" ({r['embedding_bits']}-bit table)"
     return (f"| {r['model']} | {n} | {r['backend']} | {r['vocab']:,} | {r['params'] / 1e6:.2f} M | "
             f"{r['mflops_token']:.1f} | {r['bundle_mb']:.1f} | {wers} |")
 
@@ -208,6 +213,7 @@ def main() -> None:
     p.add_argument("--recover-alpha", type=float, default=0.5, help="recovery: weight of the pseudo-label CE")
     p.add_argument("--train-embeddings", action="store_true", help="recovery also trains the tied embedding")
     p.add_argument("--teacher-cache", default=None, help="teacher cache root (default: the slimwhisper cache)")
+    p.add_argument("--embedding-bits", type=int, default=8, choices=[8, 4], help="bundles: bits of the tied token table")
     p.add_argument("--timing-command", action="store_true", help="only print the bench command for ms/token")
     args = p.parse_args()
     maxes = {**DEFAULT_MAX, **{k: int(v) for k, v in (s.split("=") for s in args.max_vocab)}}
@@ -224,7 +230,9 @@ def main() -> None:
             for backend in args.backends:
                 texts = list(args.vocab_text) if n is not None else []
                 if any(r["model"] == model and r["max_vocab"] == n and r["backend"] == backend
-                       and r.get("texts", []) == texts and r.get("recover") == recover_key(args, n) for r in rows):
+                       and r.get("texts", []) == texts and r.get("recover") == recover_key(args, n)
+                       and r.get("embedding_bits", 8 if backend == "bundle" else None) == (args.embedding_bits if backend == "bundle" else None)
+                       for r in rows):
                     continue
                 print(f"[{model}] max_vocab={n} {backend}", flush=True)
                 rows.append(row_for(model, n, backend, args))
