@@ -145,11 +145,16 @@ def row_for(model: str, n: int | None, backend: str, args) -> dict:
     row = {"model": model, "max_vocab": n, "backend": backend, "vocab": spec.vocab, "params": spec.params(),
            "mflops_token": spec.flops(tokens=1, context=32)["decoder_token"] / 1e6, "bundle_mb": folder_mb(bundle) if bundle.is_dir() else float("nan"),
            "coverage": vocab.get("report"), "texts": list(texts), "recover": recover_key(args, n),
-           "embedding_bits": args.embedding_bits if backend == "bundle" else None}
+           "embedding_bits": table_bits(args, backend)}
     source = slim if backend == "torch" else bundle
     for key in args.evals:
         row[key] = evaluate_on(backend, source, key, args.limit)
     return row
+
+
+def table_bits(args, backend: str) -> int | None:
+    """Bits of the bundle's token table (rows written before the option existed: 8); torch rows: None."""
+    return None if backend != "bundle" else 8 if args is None else args.embedding_bits
 
 
 def recover_key(args, n) -> dict | None:
@@ -231,8 +236,7 @@ def main() -> None:
                 texts = list(args.vocab_text) if n is not None else []
                 if any(r["model"] == model and r["max_vocab"] == n and r["backend"] == backend
                        and r.get("texts", []) == texts and r.get("recover") == recover_key(args, n)
-                       and r.get("embedding_bits", 8 if backend == "bundle" else None) == (args.embedding_bits if backend == "bundle" else None)
-                       for r in rows):
+                       and r.get("embedding_bits", table_bits(None, backend)) == table_bits(args, backend) for r in rows):
                     continue
                 print(f"[{model}] max_vocab={n} {backend}", flush=True)
                 rows.append(row_for(model, n, backend, args))
