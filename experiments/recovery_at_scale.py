@@ -68,6 +68,8 @@ def main() -> None:
     ap.add_argument("--timestamps", type=float, default=0.0,
                     help="share of the training windows distilled on the teacher's timestamped transcript")
     ap.add_argument("--warmup", type=float, default=0.1)
+    ap.add_argument("--seed", type=int, default=0,
+                    help="training seed (data order, masking); the clips drawn and the teacher cache do not change")
     ap.add_argument("--pack-seconds", type=float, default=None,
                     help="join consecutive drawn clips into windows of up to S s (several clips per encoder pass)")
     ap.add_argument("--decodings", nargs="+", default=["greedy"], choices=list(DECODINGS),
@@ -104,7 +106,7 @@ def main() -> None:
     dense = load_model(args.model)
     train = TrainConfig(str(TRAIN[0]), more_data=tuple(map(str, TRAIN[1:])), n=args.n, steps=args.steps,
                         batch_size=args.batch, lr=args.lr, threads=args.threads, warmup=args.warmup,
-                        pack_seconds=args.pack_seconds)  # fmt: skip
+                        pack_seconds=args.pack_seconds, seed=args.seed)  # fmt: skip
 
     def done(name: str, folder: Path, loaded, cpu_s: float, **info) -> None:
         files, dense_files = file_params(folder), file_params(work / "dense")

@@ -50,6 +50,8 @@ CASES = {
     "tspar": (["tspar", "-m", "tiny.en", "--data", "{data}", "--out", "{tmp}/t", "--lambda-group", "-1"],
               "lambda_group"),
     "export": (["export", "-m", "{slim}", "--out", "{slim}", "--force"], "input"),
+    "export-smoothed": (["export", "-m", "{slim}", "--out", "{tmp}/b", "--quantize", "int8", "--encoder-int8", "smoothed"],
+                        "--calib"),
     "bench": (["bench", "tiny.en", "--data", "{data}", "--out", "{foreign}", "--force"], "not a benchmark report"),
     "run": (["run", "-m", "tiny.en", "--data", "{data}", "--out", "{tmp}/run"], "--recipe"),
 }

@@ -300,3 +300,129 @@ def test_four_bit_table_needs_an_int8_bundle():
     with pytest.raises(ExportConfigError, match="embedding_bits"):
         ExportConfig(quantize="int8", embedding_bits=2)
     assert ExportConfig(quantize="int8", embedding_bits=4).to_dict()["embedding_bits"] == 4
+
+
+def outlier_graph(path, d=32, hidden=64, seed=0):
+    """x -> LayerNorm -> MatMul(w1) -> Gelu -> MatMul(w2) -> y, plus LN -> MatMul(w3) -> z: one
+    LN-fed pair (foldable) and one post-GELU input (needs a Mul), as in an encoder layer."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    gamma = np.ones(d, np.float32)
+    gamma[:2] = 40.0  # outlier channels of the LN output, as Whisper's encoder has
+    inits = {"gamma": gamma, "beta": (rng.standard_normal(d) * 0.1).astype(np.float32),
+             "w1": (rng.standard_normal((d, hidden)) * 0.2).astype(np.float32),
+             "w2": (rng.standard_normal((hidden, d)) * 0.2).astype(np.float32),
+             "w3": (rng.standard_normal((d, d)) * 0.2).astype(np.float32)}
+    nodes = [helper.make_node("LayerNormalization", ["x", "gamma", "beta"], ["ln"], axis=-1),
+             helper.make_node("MatMul", ["ln", "w1"], ["h"]), helper.make_node("Gelu", ["h"], ["g"], domain="com.microsoft"),
+             helper.make_node("MatMul", ["g", "w2"], ["y"]), helper.make_node("MatMul", ["ln", "w3"], ["z"])]
+    graph = helper.make_graph(nodes, "enc", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, "T", d])],
+                              [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("y", "z")],
+                              [numpy_helper.from_array(v, k) for k, v in inits.items()])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20), helper.make_opsetid("com.microsoft", 1)],
+                                ir_version=10), str(path))
+    return rng
+
+
+def test_smoothing_is_exact_in_fp32_folds_layernorm_and_lowers_the_int8_error(tmp_path):
+    import onnxruntime as ort
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from slimwhisper.export.smooth import calibrate, smooth_graph
+
+    src = tmp_path / "enc.onnx"
+    rng = outlier_graph(src)
+    calib = [{"x": rng.standard_normal((1, 200, 32)).astype(np.float32)} for _ in range(4)]
+    held_out = {"x": rng.standard_normal((1, 200, 32)).astype(np.float32)}
+    maxima = {k: st.maxima for k, st in calibrate(src, calib).items()}
+    assert set(maxima) == {"ln", "g"} and maxima["ln"][:2].min() > 10 * np.median(maxima["ln"])
+    largest = smooth_graph(src, tmp_path / "smoothed.onnx", maxima, {"ln": 0.8, "g": 0.8})
+    assert largest["ln"] > 5  # the outlier channels were divided
+    nodes = onnx.load(str(tmp_path / "smoothed.onnx")).graph.node
+    muls = [n for n in nodes if n.op_type == "Mul"]
+    assert [n.input[0] for n in muls] == ["g"] * (largest["g"] > 1)  # LN folded; only the GELU output gets a Mul
+
+    def run(path):
+        return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, held_out)
+
+    ref = run(src)
+    for a, b in zip(run(tmp_path / "smoothed.onnx"), ref):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * np.abs(b).max())
+    errors = {}
+    for name in ("enc", "smoothed"):
+        quantize_dynamic(str(tmp_path / f"{name}.onnx"), str(tmp_path / f"{name}.q.onnx"), per_channel=True,
+                         weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"])
+        errors[name] = max(np.sqrt(np.mean((a - b) ** 2) / np.mean(b**2)) for a, b in zip(run(tmp_path / f"{name}.q.onnx"), ref))
+    assert errors["smoothed"] < 0.5 * errors["enc"], errors
+
+
+def test_smoothed_encoder_needs_int8_and_training_audio(tmp_path):
+    with pytest.raises(ExportConfigError) as exc:
+        ExportConfig(encoder_int8="smoothed")
+    assert any("--quantize int8" in p for p in exc.value.problems) and any("--calib" in p for p in exc.value.problems)
+    with pytest.raises(ExportConfigError, match="invalid export config") as exc:
+        ExportConfig(quantize="int8", encoder_int8="fast")
+    with pytest.raises(ExportConfigError) as exc:
+        ExportConfig(quantize="int8", encoder_int8="smoothed", calib=(str(tmp_path / "missing.tsv"),))
+    assert any("does not exist" in p for p in exc.value.problems)
+    (tmp_path / "ljspeech").mkdir()
+    (tmp_path / "ljspeech" / "dev.tsv").write_text("a\ta.flac\thi\n")
+    with pytest.raises(ExportConfigError) as exc:
+        ExportConfig(quantize="int8", encoder_int8="smoothed", calib=(str(tmp_path / "ljspeech" / "dev.tsv"),))
+    assert any("is an evaluation set: never calibrate on it" in p for p in exc.value.problems)
+    cfg = ExportConfig(quantize="int8", encoder_int8="smoothed", calib=(str(tmp_path / "ljspeech"),), calib_n=4)
+    assert ExportConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+
+
+def test_smoothed_int8_encoder_runs_per_tensor_int8_and_stays_close(uneven_bundle, tmp_path):
+    import onnxruntime as ort
+
+    from slimwhisper.export.quantize import quantize_int8
+    from tests.test_data import write_tsv_set
+
+    _, out, _ = uneven_bundle
+    calib = write_tsv_set(tmp_path / "calib", [(f"c{i}", None) for i in range(3)])
+    dst = tmp_path / "encoder.int8.onnx"
+    quantize_int8(out / "encoder.onnx", dst, "encoder", ExportConfig(quantize="int8", encoder_int8="smoothed",
+                                                                      calib=(str(calib),), calib_n=3, threads=1))
+    ops = {n.op_type for n in onnx.load(str(dst)).graph.node}
+    assert "MatMulInteger" in ops and "MatMulNBits" not in ops
+    x = {"input_features": np.random.default_rng(0).standard_normal((1, 80, 3000)).astype(np.float32)}
+    ref = ort.InferenceSession(str(out / "encoder.onnx")).run(None, x)
+    got = ort.InferenceSession(str(dst)).run(None, x)
+    assert max(np.sqrt(np.mean((a - b) ** 2) / np.mean(b**2)) for a, b in zip(got, ref)) < 0.05  # 0.42 when a shared gamma was divided twice
+
+
+def test_emulated_int8_matches_onnxruntime_and_the_search_smooths_outliers(tmp_path):
+    """The numpy emulation that picks each input's alpha is what quantize_dynamic's kernels compute."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from slimwhisper.export.smooth import (
+        calibrate,
+        choose_schemes,
+        per_column_int8,
+        per_tensor_uint8,
+        smoothed_error,
+    )
+
+    rng = np.random.default_rng(0)
+    w = (rng.standard_normal((64, 48)) * 0.1).astype(np.float32)
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "mm",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, "T", 64])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [numpy_helper.from_array(w, "w")])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)], ir_version=10), str(tmp_path / "mm.onnx"))
+    quantize_dynamic(str(tmp_path / "mm.onnx"), str(tmp_path / "mm.q.onnx"), per_channel=True, weight_type=QuantType.QInt8,
+                     op_types_to_quantize=["MatMul"])
+    x = rng.standard_normal((1, 300, 64)).astype(np.float32)
+    x[..., 5] *= 50  # an outlier channel
+    got = ort.InferenceSession(str(tmp_path / "mm.q.onnx")).run(None, {"x": x})[0][0]
+    emulated = per_tensor_uint8(x[0], float(x.min()), float(x.max())) @ per_column_int8(w)
+    ref = x[0] @ w
+    assert np.abs(got - emulated).max() < 0.02 * np.abs(got - ref).max() + 1e-4
+    stats = calibrate(tmp_path / "mm.onnx", [{"x": x}])
+    plan = choose_schemes(tmp_path / "mm.onnx", stats)["x"]
+    assert plan["alpha"] > 0 and plan["scheme"] == "per-tensor"
+    assert plan["error"] < 0.5 * smoothed_error(stats["x"], [w.astype(np.float64)], 0.0)  # the outlier was tamed

@@ -86,7 +86,8 @@ def run(
     calib_n: Annotated[int | None, typer.Option(min=1, help="Calibration (and recovery training) utterances "
                                                        "(default: the recipe's, else 32).")] = None,
     recover: Annotated[str | None, typer.Option(help="Recovery after pruning: finetune | lora | distill | layerwise "
-                                                     "(trains on --calib; the dense model teaches).")] = None,
+                                                     "(trains on --calib; the dense model teaches), or a measured recipe: "
+                                                     "kd-ts (slimwhisper.train.recipes).")] = None,
     recover_steps: Annotated[int | None, typer.Option(min=1, help="Recovery training steps (default: the trainer's).")] = None,
     threads: Annotated[int, typer.Option(min=1, help="Threads for every backend.")] = 2,
     repeat: Annotated[int, typer.Option(min=1, help="Timing passes after the warm-up.")] = 3,
@@ -119,7 +120,8 @@ def run(
                             plan=None if plan is None else str(plan), recipe=recipe, force=True,
                             stats=StatsConfig(stride=stride), **extra)  # fmt: skip
     config = RunConfig(model=model, data=str(data), out=str(out), prune=prune_cfg,
-                       export=ExportConfig(quantize="int8", keep_fp32=True, threads=threads),
+                       export=ExportConfig(quantize="int8", keep_fp32=True, threads=threads,  # --calib also calibrates the int8 encoder
+                                           **({"encoder_int8": "smoothed", "calib": tuple(map(str, calib))} if calib else {})),
                        recover=None if recover is None else _recover_config(recover, calib, calib_n, recover_steps, threads),
                        threads=threads, repeat=repeat, limit=limit, timing_limit=timing_limit,
                        peers=peers, memory=memory, force=force)  # fmt: skip
@@ -131,8 +133,11 @@ def run(
 
 def _recover_config(method: str, calib: list[Path], n: int, steps: int | None, threads: int):
     from slimwhisper.train.loop import TrainConfig
+    from slimwhisper.train.recipes import RECOVERY_RECIPES
     from slimwhisper.train.recover import DEFAULT_LR, RecoverConfig, RecoverMethod
 
+    if method in RECOVERY_RECIPES:  # a measured recipe: everything but the data, threads and --recover-steps
+        return RECOVERY_RECIPES[method].config([str(c) for c in calib], threads, steps)
     lr = DEFAULT_LR.get(RecoverMethod(method), 1e-4) if method in {m.value for m in RecoverMethod} else 1e-4
     return RecoverConfig(method, TrainConfig(str(calib[0]), more_data=tuple(str(c) for c in calib[1:]), n=n, steps=steps,
                                              lr=lr, threads=threads))

@@ -23,6 +23,12 @@ def export_command(
                                      "or keep them fp32 (more accurate; speed not yet measured on a quiet machine).")] = True,
     embedding_bits: Annotated[int, typer.Option("--embedding-bits", help="int8 bundles: bits of the tied token "
                               "table (8, or 4: half its bytes; see README for the WER it costs).")] = 8,
+    encoder_int8: Annotated[str | None, typer.Option("--encoder-int8", help="int8 encoder scheme: blocks "
+                            "(MatMulNBits, data-free) or smoothed (outlier channels tamed on --calib audio, then "
+                            "per-tensor int8: faster). Default: smoothed with --calib, else blocks.")] = None,
+    calib: Annotated[list[Path] | None, typer.Option("--calib", help="Training audio (.tsv or folder; repeatable) "
+                     "that calibrates the smoothed int8 encoder; evaluation sets are refused.")] = None,
+    calib_n: Annotated[int, typer.Option("--calib-n", min=1, help="Calibration clips for --calib.")] = 16,
     force: ForceOpt = False,
     clips: Annotated[int, typer.Option(help="Clips decoded greedily in the parity check.")] = 2,
     threads: Annotated[int, typer.Option(min=1, help="onnxruntime threads for the parity check.")] = 2,
@@ -43,7 +49,9 @@ def export_command(
         typer.echo(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, ggml f16 for whisper.cpp)")
         return
     config = ExportConfig(quantize=quantize, fp16=fp16, ort=ort, parity_clips=clips, threads=threads,
-                          int8_encoder_activations=int8_activations, embedding_bits=embedding_bits)
+                          int8_encoder_activations=int8_activations, embedding_bits=embedding_bits,
+                          encoder_int8=encoder_int8 or ("smoothed" if calib else "blocks"),
+                          calib=tuple(map(str, calib or ())), calib_n=calib_n)
     check_output(out, "bundle", force=force, inputs=[model])  # before the (slow) model load
     quiet_libraries()
     loaded = load_model(model)

@@ -14,8 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from slimwhisper.errors import UserError
-from slimwhisper.export.config import ExportConfig
+from slimwhisper.export.config import ExportConfig, ExportError
 from slimwhisper.export.graphs import (
     decoder_io,
     encoder_io,
@@ -35,9 +34,6 @@ from slimwhisper.runtime.frontend import (
     SAMPLE_RATE,
 )
 
-
-class ExportError(UserError, RuntimeError):
-    """The export cannot proceed; the message says what to do."""
 
 
 def tokenizer_manifest(tokenizer, generation_config, out_dir: Path) -> dict:
@@ -120,14 +116,14 @@ def _write(loaded, model, spec, tmp: Path, config: ExportConfig, log) -> dict:
     export_encoder(model, spec, tmp / "encoder.onnx", config.opset)
     export_decoder(model, spec, tmp / "decoder.onnx", config.opset)
     variants = {"fp32": {"encoder": "encoder.onnx", "decoder": "decoder.onnx"}}
+    fe = loaded.processor.feature_extractor  # saved first: the "smoothed" int8 encoder calibrates with it
+    np.save(tmp / "mel_filters.npy", np.asarray(fe.mel_filters, dtype=np.float32))
     for name, wanted in (("int8", config.quantize == "int8"), ("fp16", config.fp16)):
         if wanted:
             variants[name] = {}
             for part in ("encoder", "decoder"):
                 VARIANTS[name](tmp / f"{part}.onnx", tmp / f"{part}.{name}.onnx", part, config)
                 variants[name][part] = f"{part}.{name}.onnx"
-    fe = loaded.processor.feature_extractor
-    np.save(tmp / "mel_filters.npy", np.asarray(fe.mel_filters, dtype=np.float32))
     gen = model.generation_config
     vmap = getattr(model, "slim_vocab", None)  # vocabulary-pruned (issue 12): the manifest keeps original ids
     if vmap is not None:

@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
+
 from slimwhisper.errors import UserError
 
 QUANTIZE_CHOICES = (None, "int8")
 EMBEDDING_BITS = (8, 4)
+ENCODER_INT8 = ("blocks", "smoothed")  # handlers: export/quantize.py ENCODER_SCHEMES
+
+
+class ExportError(UserError, RuntimeError):
+    """The export cannot proceed; the message says what to do."""
 
 
 class ExportConfigError(UserError, ValueError):
@@ -48,11 +55,19 @@ class ExportConfig:
     # weights). 4 = symmetric 4-bit weights in blocks of EMBEDDING_BLOCK_4BIT along d, one fp16
     # scale per block (issue 12: the table shrinks from 20.2 to ~10.6 MB in tiny.en).
     embedding_bits: int = 8
+    # int8 encoder scheme. "blocks": MatMulNBits as above, data-free. "smoothed" (export/smooth.py):
+    # outlier channels divided down on ``calib`` audio, then per-tensor dynamic int8 (MatMulInteger),
+    # the faster kernel; needs ``calib`` (training audio, never an evaluation set).
+    encoder_int8: str = "blocks"
+    calib: tuple[str, ...] = ()
+    calib_n: int = 16  # calibration clips (30 s windows) for "smoothed"
 
     def __post_init__(self) -> None:
         if isinstance(self.parity, dict):  # from JSON
             object.__setattr__(self, "parity", ParityTolerance(**self.parity))
-        problems = []
+        if isinstance(self.calib, list):
+            object.__setattr__(self, "calib", tuple(self.calib))
+        problems = self._encoder_problems()
         if self.quantize not in QUANTIZE_CHOICES:
             problems.append(f"quantize must be one of {QUANTIZE_CHOICES}, got {self.quantize!r}")
         if not isinstance(self.opset, int) or not 17 <= self.opset <= 21:
@@ -73,6 +88,27 @@ class ExportConfig:
                 problems.append(f"parity.{name} tolerance must be > 0, got {value!r}")
         if problems:
             raise ExportConfigError(problems)
+
+    def _encoder_problems(self) -> list[str]:
+        problems = []
+        if self.encoder_int8 not in ENCODER_INT8:
+            problems.append(f"encoder_int8 must be one of {ENCODER_INT8}, got {self.encoder_int8!r}")
+        elif self.encoder_int8 == "smoothed":
+            if self.quantize != "int8":
+                problems.append("encoder_int8 'smoothed' applies to int8 bundles only: add --quantize int8")
+            if not self.calib:
+                problems.append("encoder_int8 'smoothed' needs calibration audio: add --calib TRAINING_DATA "
+                                "(e.g. ljspeech/train.tsv), or use --encoder-int8 blocks")
+            if isinstance(self.calib_n, bool) or not isinstance(self.calib_n, int) or self.calib_n < 1:
+                problems.append(f"calib_n must be a positive int, got {self.calib_n!r}")
+        if self.calib:
+            from slimwhisper.data import evaluation_problems
+
+            problems += [f"calibration data {p} does not exist" for p in self.calib if not Path(p).exists()]
+            problems += evaluation_problems(self.calib, use="calibrate")
+            if self.encoder_int8 != "smoothed":
+                problems.append("calib is used by encoder_int8 'smoothed' only: add --encoder-int8 smoothed or drop --calib")
+        return problems
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

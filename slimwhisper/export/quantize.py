@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from slimwhisper.export.config import ExportConfig
+from slimwhisper.export.config import ExportConfig, ExportError
 
 TIED = "proj_out.weight_T"  # see graphs.untie_free_projection
 # Largest block of the 4-bit token table along d: 32 as in GGUF's Q4_0; on tiny.en's table block 16 raised
@@ -57,7 +57,7 @@ def quantize_int8(src: Path, dst: Path, part: str, config: ExportConfig) -> None
     per token here: onnxruntime has no fast 8-bit kernel with fp32 compute on this CPU.
     """
     if part == "encoder":
-        quantize_weight_only_int8(src, dst, accuracy_level=4 if config.int8_encoder_activations else 1)
+        ENCODER_SCHEMES[config.encoder_int8](src, dst, config)
     else:
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -82,6 +82,69 @@ def quantize_int8(src: Path, dst: Path, part: str, config: ExportConfig) -> None
             equalized.unlink(missing_ok=True)
         share_nbits_embedding(dst, bits)
     shrink_remaining_fp32(dst)
+
+
+EncoderFn = Callable[[Path, Path, "ExportConfig"], None]
+ENCODER_SCHEMES: dict[str, EncoderFn] = {}  # ExportConfig.encoder_int8 -> handler (names in config.ENCODER_INT8)
+
+
+def encoder_scheme(name: str) -> Callable[[EncoderFn], EncoderFn]:
+    def add(fn: EncoderFn) -> EncoderFn:
+        ENCODER_SCHEMES[name] = fn
+        return fn
+
+    return add
+
+
+@encoder_scheme("blocks")
+def encoder_blocks(src: Path, dst: Path, config: ExportConfig) -> None:
+    """MatMulNBits, 8-bit weight blocks of 128; activations int8 per row and block (or fp32)."""
+    quantize_weight_only_int8(src, dst, accuracy_level=4 if config.int8_encoder_activations else 1)
+
+
+@encoder_scheme("smoothed")
+def encoder_smoothed(src: Path, dst: Path, config: ExportConfig) -> None:
+    """Per input of a weight MatMul, chosen on calibration audio (``export/smooth.py``): its outlier
+    channels divided down at the alpha with the lowest emulated error, then ``quantize_dynamic``
+    (per-channel int8 weights, per-tensor int8 activations: MatMulInteger); inputs where that stays
+    over ``BLOCKS_IF_WORSE`` x the blockwise error keep "blocks". The choice is saved beside the
+    graph as ``<graph>.smoothing.json``."""
+    import json
+
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from slimwhisper.export.smooth import calibrate, choose_schemes, smooth_graph
+
+    feeds = [{"input_features": f} for f in calibration_features(config, np.load(src.parent / "mel_filters.npy"))]
+    stats = calibrate(src, feeds, config.threads)
+    plan = choose_schemes(src, stats)
+    per_tensor = {a: p["alpha"] for a, p in plan.items() if p["scheme"] == "per-tensor"}
+    blocks = [n for p in plan.values() if p["scheme"] == "blocks" for n in p["nodes"]]
+    smoothed, mixed = (dst.with_name(dst.stem + s) for s in (".smoothed.onnx", ".mixed.onnx"))
+    try:
+        largest = smooth_graph(src, smoothed, {a: st.maxima for a, st in stats.items()}, per_tensor)
+        quantize_dynamic(str(smoothed), str(mixed if blocks else dst), per_channel=True, weight_type=QuantType.QInt8,
+                         op_types_to_quantize=["MatMul"], nodes_to_exclude=blocks)
+        if blocks:
+            encoder_blocks(mixed, dst, config)
+    finally:
+        smoothed.unlink(missing_ok=True)
+        mixed.unlink(missing_ok=True)
+    for act, p in plan.items():
+        p["largest_scale"] = largest.get(act, 1.0)
+    record = {"calib": list(config.calib), "calib_clips": len(feeds), "inputs": plan}
+    dst.with_name(dst.stem + ".smoothing.json").write_text(json.dumps(record, indent=2) + "\n")
+
+
+def calibration_features(config: ExportConfig, mel_filters: np.ndarray) -> list[np.ndarray]:
+    """(1, n_mels, 3000) log-mel windows of ``config.calib_n`` clips of ``config.calib`` (seed 0),
+    made by the runtime's own front end, so calibration sees what the bundle will be fed."""
+    from slimwhisper.data import select_utterances
+    from slimwhisper.runtime.frontend import log_mel, pad_or_trim
+
+    utts = select_utterances(list(config.calib), config.calib_n, 0, lambda m: None, error=ExportError,
+                             use="calibrate", what="calibration")
+    return [log_mel(pad_or_trim(u.audio), mel_filters)[None].astype(np.float32) for u in utts]
 
 
 def shrink_remaining_fp32(path: Path, min_elems: int = 200_000, min_table_elems: int = 100_000) -> None:
@@ -262,7 +325,10 @@ def to_ort_format(sources: list[Path], out_dir: Path) -> list[Path]:
     """Convert ONNX files to ORT format (``.ort``) for ORT Mobile, plus the
     ``required_operators.config`` a reduced-size onnxruntime build is compiled with
     (``build.sh --include_ops_by_config required_operators.config --minimal_build``)."""
-    from onnxruntime.tools.convert_onnx_models_to_ort import OptimizationStyle, convert_onnx_models_to_ort
+    from onnxruntime.tools.convert_onnx_models_to_ort import (
+        OptimizationStyle,
+        convert_onnx_models_to_ort,
+    )
 
     with tempfile.TemporaryDirectory() as scratch:
         s = Path(scratch)

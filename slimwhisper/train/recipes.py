@@ -1,0 +1,54 @@
+"""Named recovery recipes: the training settings measured by ``experiments/recovery_at_scale.py``.
+
+``slimwhisper run --recover NAME`` takes a method (finetune | lora | distill | layerwise, with the
+trainer's defaults) or one of these; a recipe fixes everything but the training data, the threads
+and (``--recover-steps``) the number of steps. Adding one is one ``register_recovery`` call.
+
+``kd-ts`` (issue 10): distillation from the dense teacher's cache (top-64 log-probs + its greedy
+transcript as CE target, alpha 0.5, T 2), every drawn training clip packed into 30 s windows, half
+of the windows labelled with the teacher's TIMESTAMPED transcript (users decode with timestamps;
+a student distilled only without them was weaker there), batch 4, lr 1e-4 with 10% warm-up,
+embeddings frozen. tiny.en ``oneshot-35`` + 300 steps on all 2,189 clips of the four training sets
+(472 windows; 32.5 CPU minutes of training on 2 cores, ~20 more for the teacher cache once):
+ljspeech/dev / librispeech-clean-mini 6.45 / 4.03 greedy, 6.39 / 4.03 with timestamps and fallback
+(dense 5.89 / 4.44 and 5.89 / 4.84).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from slimwhisper.train.loop import TrainConfig
+from slimwhisper.train.recover import RecoverConfig
+
+
+@dataclass(frozen=True)
+class RecoveryRecipe:
+    method: str
+    train: dict[str, Any] = field(default_factory=dict)  # TrainConfig fields (not data / more_data / threads)
+    recover: dict[str, Any] = field(default_factory=dict)  # RecoverConfig fields (not method / train)
+
+    def config(self, data: Sequence[str], threads: int | None, steps: int | None = None) -> RecoverConfig:
+        """The recipe on ``data`` (first = TrainConfig.data, the rest more_data); ``steps`` overrides."""
+        train = {**self.train, **({"steps": steps} if steps is not None else {})}
+        return RecoverConfig(self.method, TrainConfig(str(data[0]), more_data=tuple(map(str, data[1:])), threads=threads,
+                                                      **train), **self.recover)  # fmt: skip
+
+
+RECOVERY_RECIPES: dict[str, RecoveryRecipe] = {}
+
+
+def register_recovery(name: str, recipe: RecoveryRecipe) -> None:
+    if name in RECOVERY_RECIPES:
+        raise ValueError(f"recovery recipe {name!r} registered twice")
+    RecoveryRecipe.config(recipe, ["x"], None)  # a recipe that cannot make a valid config fails at import
+    RECOVERY_RECIPES[name] = recipe
+
+
+register_recovery("kd-ts", RecoveryRecipe(
+    "distill",
+    train={"n": 5000, "steps": 300, "batch_size": 4, "lr": 1e-4, "warmup": 0.1, "pack_seconds": 30.0},
+    recover={"timestamps": 0.5},
+))  # fmt: skip
