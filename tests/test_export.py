@@ -426,3 +426,28 @@ def test_emulated_int8_matches_onnxruntime_and_the_search_smooths_outliers(tmp_p
     plan = choose_schemes(tmp_path / "mm.onnx", stats)["x"]
     assert plan["alpha"] > 0 and plan["scheme"] == "per-tensor"
     assert plan["error"] < 0.5 * smoothed_error(stats["x"], [w.astype(np.float64)], 0.0)  # the outlier was tamed
+
+
+def test_encoder_attention_fuses_per_layer_heads_and_keeps_the_outputs(tmp_path, uneven_bundle):
+    import onnxruntime as ort
+
+    from slimwhisper.export.fuse import fuse_attention
+    from slimwhisper.export.graphs import export_encoder
+    from slimwhisper.models.slim import spec_from_model
+
+    loaded, out, _ = uneven_bundle
+    path = tmp_path / "encoder.onnx"
+    export_encoder(loaded.model.float().eval(), spec_from_model(loaded.model), path)
+    x = {"input_features": np.random.default_rng(0).standard_normal((1, 80, 3000)).astype(np.float32)}
+    before = ort.InferenceSession(str(path)).run(None, x)
+    assert fuse_attention(path) == len(UNEVEN.encoder)
+    nodes = onnx.load(str(path)).graph.node
+    mha = [n for n in nodes if n.op_type == "MultiHeadAttention"]
+    assert [next(a.i for a in n.attribute if a.name == "num_heads") for n in mha] == [layer.self_attn.heads for layer in UNEVEN.encoder]
+    assert not any(n.op_type == "Softmax" for n in nodes)
+    after = ort.InferenceSession(str(path)).run(None, x)
+    for a, b in zip(after, before):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * np.abs(b).max())
+    assert fuse_attention(path) == 0  # nothing left to fuse
+    bundled = onnx.load(str(out / "encoder.int8.onnx")).graph.node  # the export fused, then quantised
+    assert sum(n.op_type == "MultiHeadAttention" for n in bundled) == len(UNEVEN.encoder)

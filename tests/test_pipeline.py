@@ -124,9 +124,14 @@ def test_run_calibrates_as_the_recipe_was_measured(tmp_path, monkeypatch):
     monkeypatch.setattr(pipeline, "run_pipeline", stop)
     data = write_manifest(tmp_path / "d", n=2)
     base = ["run", "-m", "tiny.en", "--data", str(data), "--calib", str(data), "--recipe", "oneshot-25"]
-    for extra in ([], ["--calib-n", "64"]):
+    for extra in ([], ["--calib-n", "64"], ["--recover", "kd-ts", "--recover-steps", "130"]):
         res = CliRunner().invoke(app, [*base, "--out", str(tmp_path / f"r{len(extra)}"), *extra])
         assert res.exit_code == 2 and "stopped by the test" in res.output, res.output
-    recipe, custom = (c.prune for c in seen)
+    recipe, custom = (c.prune for c in seen[:2])
+    # --calib also calibrates the int8 encoder; --recover kd-ts is the measured recovery recipe
+    assert seen[0].export.encoder_int8 == "smoothed" and seen[0].export.calib == (str(data),)
+    kd = seen[2].recover
+    assert (kd.method.value, kd.timestamps, kd.train.steps, kd.train.pack_seconds, kd.train.data) == (
+        "distill", 0.5, 130, 30.0, str(data))
     assert (recipe.calib.n, recipe.calib.label_free, recipe.stats.stride, recipe.calib.pack_seconds) == (1024, True, 4, 30.0)
     assert (custom.calib.n, custom.calib.label_free, custom.stats.stride) == (64, True, 4)

@@ -74,6 +74,22 @@ def test_bad_audio_is_refused(tiny_bundle):
         rt.transcribe(np.full(100, np.nan, dtype=np.float32))
 
 
+def test_transcribe_file_reads_wav_and_refuses_other_formats_in_one_line(tiny_bundle, tmp_path):
+    import wave
+
+    import soundfile as sf
+
+    rt = BundleTranscriber(tiny_bundle[1], threads=1)
+    tone = (0.3 * np.sin(2 * np.pi * 440 * np.arange(8000) / 8000)).astype(np.float32)
+    with wave.open(str(tmp_path / "a.wav"), "wb") as w:
+        w.setnchannels(1), w.setsampwidth(2), w.setframerate(8000)
+        w.writeframes((tone * 32767).astype(np.int16).tobytes())
+    assert isinstance(rt.transcribe_file(tmp_path / "a.wav").text, str)
+    sf.write(tmp_path / "a.flac", tone, 8000)
+    with pytest.raises(BundleError, match="not a readable WAV file.*convert it"):
+        rt.transcribe_file(tmp_path / "a.flac")
+
+
 @pytest.fixture
 def bundle_copy(tiny_bundle, tmp_path):
     dst = tmp_path / "copy"

@@ -114,6 +114,11 @@ def _write(loaded, model, spec, tmp: Path, config: ExportConfig, log) -> dict:
     t0 = time.perf_counter()
     log(f"exporting {loaded.name}: {len(spec.encoder)} encoder / {len(spec.decoder)} decoder layers")
     export_encoder(model, spec, tmp / "encoder.onnx", config.opset)
+    if config.fuse_attention:
+        from slimwhisper.export.fuse import fuse_attention
+
+        log(f"encoder: {fuse_attention(tmp / 'encoder.onnx')} of {len(spec.encoder)} self-attention blocks fused "
+            "into MultiHeadAttention")
     export_decoder(model, spec, tmp / "decoder.onnx", config.opset)
     variants = {"fp32": {"encoder": "encoder.onnx", "decoder": "decoder.onnx"}}
     fe = loaded.processor.feature_extractor  # saved first: the "smoothed" int8 encoder calibrates with it

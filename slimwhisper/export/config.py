@@ -58,6 +58,10 @@ class ExportConfig:
     # int8 encoder scheme. "blocks": MatMulNBits as above, data-free. "smoothed" (export/smooth.py):
     # outlier channels divided down on ``calib`` audio, then per-tensor dynamic int8 (MatMulInteger),
     # the faster kernel; needs ``calib`` (training audio, never an evaluation set).
+    # encoder self-attention as onnxruntime's MultiHeadAttention (export/fuse.py): no (heads, 1500,
+    # 1500) fp32 score tensors, so a lower peak RSS; False keeps the eager MatMul/Softmax subgraph
+    # (for onnxruntime builds without the com.microsoft operators).
+    fuse_attention: bool = True
     encoder_int8: str = "blocks"
     calib: tuple[str, ...] = ()
     calib_n: int = 16  # calibration clips (30 s windows) for "smoothed"
@@ -76,6 +80,8 @@ class ExportConfig:
             problems.append(f"embedding_bits must be one of {EMBEDDING_BITS}, got {self.embedding_bits!r}")
         elif self.embedding_bits != 8 and self.quantize != "int8":
             problems.append("embedding_bits applies to int8 bundles only: add --quantize int8")
+        if self.fuse_attention not in (True, False):
+            problems.append(f"fuse_attention must be true or false, got {self.fuse_attention!r}")
         if self.int8_encoder_activations not in (True, False):
             problems.append(f"int8_encoder_activations must be true or false, got {self.int8_encoder_activations!r}")
         for name in ("parity_clips", "parity_max_tokens", "threads"):

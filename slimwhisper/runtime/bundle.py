@@ -344,9 +344,14 @@ class BundleTranscriber:
         """Read a WAV file with the standard library (other formats: decode to numpy yourself)."""
         import wave
 
-        with wave.open(str(path), "rb") as w:
-            if w.getsampwidth() != 2:
-                raise BundleError(f"{path}: only 16-bit PCM WAV is read without extra packages")
-            raw = np.frombuffer(w.readframes(w.getnframes()), dtype=np.int16)
-            audio = raw.reshape(-1, w.getnchannels()).astype(np.float32).mean(axis=1) / 32768.0
-            return self.transcribe(audio, w.getframerate(), where=str(path))
+        try:
+            with wave.open(str(path), "rb") as w:
+                if w.getsampwidth() != 2:
+                    raise BundleError(f"{path}: only 16-bit PCM WAV is read without extra packages")
+                raw = np.frombuffer(w.readframes(w.getnframes()), dtype=np.int16)
+                rate, channels = w.getframerate(), w.getnchannels()
+        except (wave.Error, EOFError) as exc:  # FLAC, MP3, a truncated header: not a WAV file
+            raise BundleError(f"{path}: not a readable WAV file ({exc}); convert it to 16-bit PCM WAV or pass "
+                              "decoded audio to transcribe()") from exc
+        audio = raw.reshape(-1, channels).astype(np.float32).mean(axis=1) / 32768.0
+        return self.transcribe(audio, rate, where=str(path))
