@@ -379,10 +379,10 @@ def test_smoothed_int8_encoder_runs_per_tensor_int8_and_stays_close(uneven_bundl
     import onnxruntime as ort
 
     from slimwhisper.export.quantize import quantize_int8
-    from tests.test_data import write_tsv_set
+    from _helpers import write_manifest
 
     _, out, _ = uneven_bundle
-    calib = write_tsv_set(tmp_path / "calib", [(f"c{i}", None) for i in range(3)])
+    calib = write_manifest(tmp_path / "calib", n=3)
     dst = tmp_path / "encoder.int8.onnx"
     quantize_int8(out / "encoder.onnx", dst, "encoder", ExportConfig(quantize="int8", encoder_int8="smoothed",
                                                                       calib=(str(calib),), calib_n=3, threads=1))

@@ -69,7 +69,7 @@ def compare(model: WhisperForConditionalGeneration, context: int = 32) -> dict[s
 
 
 # ---- second, independent count: walk an exported ONNX graph ------------------------------------
-_COUNTED_OPS = ("MatMul", "Gemm", "Conv")
+_COUNTED_OPS = ("MatMul", "Gemm", "Conv", "MultiHeadAttention")  # the last: export/fuse.py's fused encoder attention
 
 
 def onnx_flops(path, feeds: dict) -> int:
@@ -85,7 +85,7 @@ def onnx_flops(path, feeds: dict) -> int:
     graph = model.graph
     inits = {i.name: tuple(numpy_helper.to_array(i).shape) for i in graph.initializer}
     nodes = [n for n in graph.node if n.op_type in _COUNTED_OPS]
-    wanted = {name for n in nodes for name in (*n.input[:2], n.output[0]) if name and name not in inits}
+    wanted = {name for n in nodes for name in (*n.input[:3], n.output[0]) if name and name not in inits}
     present = {o.name for o in graph.output} | {i.name for i in graph.input}
     graph.output.extend(helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None) for name in sorted(wanted - present))
     opts = ort.SessionOptions()
@@ -102,6 +102,9 @@ def onnx_flops(path, feeds: dict) -> int:
             total += 2 * int(np.prod(out)) * int(np.prod(shapes[n.input[1]][1:]))
         elif n.op_type == "MatMul":
             total += 2 * int(np.prod(out)) * shapes[n.input[0]][-1]
+        elif n.op_type == "MultiHeadAttention":  # QK^T over the q/k width + AV over the v width, all heads
+            (b, s, q_width), (_, kv_len, _), v_width = shapes[n.input[0]], shapes[n.input[1]], shapes[n.input[2]][-1]
+            total += 2 * b * s * kv_len * (q_width + v_width)
         else:  # Gemm: A (M, K) or transposed
             trans_a = next((a.i for a in n.attribute if a.name == "transA"), 0)
             a = shapes[n.input[0]]
