@@ -183,7 +183,8 @@ def _session(path: Path, threads: int | None, providers: list[str] | None, low_m
     if low_memory:
         # MLAS pre-packs every fp32 weight into a second, GEMM-friendly copy (~+100 MB for tiny.en
         # fp32, measured with VmHWM); the arena keeps freed activation buffers. Both trade memory
-        # for speed, so phones with little RAM may turn them off.
+        # for speed, so phones with little RAM may turn them off. Measure first: for int8 bundles
+        # with fused encoder attention it RAISED peak RSS (base 265 -> 368 MB, one clip).
         opts.add_session_config_entry("session.disable_prepacking", "1")
         opts.enable_cpu_mem_arena = False
     return ort.InferenceSession(str(path), sess_options=opts, providers=wanted)
