@@ -35,6 +35,29 @@ def test_log_mel_equals_whisper_feature_extractor(seconds):
     assert np.max(np.abs(got - want)) < 1e-4
 
 
+def test_mel_project_equals_the_dense_product_without_blas():
+    from slimwhisper.runtime.frontend import mel_project
+
+    rng = np.random.default_rng(0)
+    spec = rng.random((301, 201)) ** 4
+    filters = np.where(rng.random((201, 80)) < 0.02, rng.random((201, 80)), 0.0)
+    filters[:, 7] = 0.0  # an empty filter stays zero
+    filters[:, 9] = 0.0
+    filters[3, 9] = 2.0  # one non-zero weight
+    got = mel_project(spec, filters)
+    assert got.shape == (80, 301)
+    assert np.allclose(got, (spec @ filters).T, rtol=1e-12, atol=0)
+    assert not got[7].any()
+
+
+def test_bundle_sessions_stop_spinning_after_each_run(tiny_bundle):
+    from slimwhisper.runtime import BundleTranscriber
+
+    tr = BundleTranscriber(tiny_bundle[1], threads=2)
+    for session in (tr.model.encoder, tr.model.decoder):  # see runtime.bundle._session: why
+        assert session.get_session_options().get_session_config_entry("session.force_spinning_stop") == "1"
+
+
 def test_resample_keeps_pitch_and_duration():
     t = np.arange(8000) / 8000
     y = resample(np.sin(2 * np.pi * 300 * t).astype(np.float32), 8000)

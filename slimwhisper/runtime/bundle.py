@@ -180,6 +180,11 @@ def _session(path: Path, threads: int | None, providers: list[str] | None, low_m
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # Each session has its own thread pool whose workers keep spinning after run() returns; the
+    # encoder's then take the cores from the decoder's and the other way round. Stopping the spin
+    # at the end of each run (measured, 10 ljspeech clips, 2 threads, int8 bundles): tiny.en 0.26
+    # -> 0.21 s per clip (decoder 4.4 -> 3.1 ms/token), base 0.48 -> 0.38 (encoder 332 -> 277 ms).
+    opts.add_session_config_entry("session.force_spinning_stop", "1")
     if low_memory:
         # MLAS pre-packs every fp32 weight into a second, GEMM-friendly copy (~+100 MB for tiny.en
         # fp32, measured with VmHWM); the arena keeps freed activation buffers. Both trade memory

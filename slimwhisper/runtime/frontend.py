@@ -100,10 +100,28 @@ def log_mel(audio: np.ndarray, mel_filters: np.ndarray) -> np.ndarray:
     x = np.pad(x, (N_FFT // 2, N_FFT // 2), mode="reflect")
     frames = np.lib.stride_tricks.sliding_window_view(x, N_FFT)[::HOP_LENGTH]  # (3001, 400)
     spec = np.abs(np.fft.rfft(frames * hann_window(), axis=-1)) ** 2  # (3001, 201)
-    mel = spec @ mel_filters.astype(np.float64)  # (3001, n_mels)
-    logm = np.log10(np.maximum(mel, 1e-10)).T[:, :-1]
+    mel = mel_project(spec, mel_filters)  # (n_mels, 3001)
+    logm = np.log10(np.maximum(mel[:, :-1], 1e-10))
     logm = np.maximum(logm, logm.max() - 8.0)
     return ((logm + 4.0) / 4.0).astype(np.float32)
+
+
+def mel_project(spec: np.ndarray, mel_filters: np.ndarray) -> np.ndarray:
+    """``(spec @ mel_filters).T`` = ``(n_mels, frames)``, over the filters' non-zeros, without BLAS.
+
+    Why not ``@``: numpy's multithreaded OpenBLAS leaves its threads spinning after the call, and
+    they take the cores from the onnxruntime encoder that runs next (measured: tiny.en encoder 195
+    -> 134 ms per window with ``OPENBLAS_NUM_THREADS=1``). The triangular filters are banded (391
+    non-zeros of 201 x 80; each bin feeds at most two filters), so this is also 40x fewer
+    multiply-adds. Equal to ``@`` up to summation order.
+    """
+    filters = np.asarray(mel_filters, dtype=np.float64)
+    bins = np.ascontiguousarray(spec.T)  # (n_fft // 2 + 1, frames): one contiguous row per bin
+    out = np.zeros((filters.shape[1], spec.shape[0]), dtype=np.float64)
+    f, m = np.nonzero(filters)
+    for fi, mi, w in zip(f.tolist(), m.tolist(), filters[f, m].tolist()):  # ~400 row updates:
+        out[mi] += w * bins[fi]  # faster than gathering the rows (measured)
+    return out
 
 
 def windows(audio: np.ndarray, samples: int = N_SAMPLES) -> list[np.ndarray]:
