@@ -54,6 +54,8 @@ class Variant:
     threshold: str = "sensitivity"
     method: str = "none"
     sequential: bool = True
+    target: str = "layer"  # ReconstructConfig.target
+    refit_all: bool = False
 
 
 VARIANTS = {
@@ -66,6 +68,9 @@ VARIANTS = {
         Variant("wanda-sens-lstsq", "wanda", "sensitivity", "lstsq"),
         Variant("obs-sens-lstsq-dense", "obs", "sensitivity", "lstsq", False),
         Variant("obs-sens-lstsq", "obs", "sensitivity", "lstsq"),
+        Variant("obs-sens-lstsq-stream", "obs", "sensitivity", "lstsq", target="stream"),
+        Variant("obs-sens-lstsq-stream-all", "obs", "sensitivity", "lstsq", target="stream", refit_all=True),
+        Variant("obs-sens-lstsq-all", "obs", "sensitivity", "lstsq", refit_all=True),
         Variant("obs-sens-anchored-dense", "obs", "sensitivity", "anchored", False),
         Variant("obs-sens-anchored", "obs", "sensitivity", "anchored"),
     )
@@ -120,7 +125,8 @@ def prune_variant(model: str, v: Variant, target: float, args, out: Path):
         model=model, out=str(out), force=True, score=ScoreConfig(v.score), alloc=alloc,
         calib=CalibConfig(args.calib[0], n=args.calib_n, seed=args.seed, more_data=tuple(args.calib[1:]), label_free=args.label_free or None,
                           pack_seconds=args.pack_seconds, timestamps=args.calib_timestamps),
-        reconstruct=ReconstructConfig(v.method, damp=args.damp, sequential=v.sequential, damp_grid=tuple(args.damp_grid)),
+        reconstruct=ReconstructConfig(v.method, damp=args.damp, sequential=v.sequential, damp_grid=tuple(args.damp_grid),
+                                      target=v.target, refit_all=v.refit_all),
         stats=StatsConfig(cache_dir=args.cache, stride=args.stride),
     )  # fmt: skip
     return prune(config, progress=False, log=lambda m: print("   ", m.replace("\n", "\n    "), flush=True))

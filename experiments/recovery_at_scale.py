@@ -11,6 +11,9 @@ Rows (all at ``--target`` of the encoder+decoder layer parameters):
   same ``--steps`` of end-to-end KD with the encoder-output L2);
 * ``imp``: ``--rounds`` rounds of magnitude pruning + KD, ``--steps`` in total;
 * ``tspar`` (only with ``--tspar``): sparse-group-lasso stage 1 with the converging schedules, then two passes.
+* ``soup`` (only with ``--soup-of W1 W2 ...``): the weight average (``slimwhisper average``) of the
+  ``oneshot+kd`` models of earlier runs in those ``--work`` folders (same start, other ``--seed``);
+  its CPU minutes are the members' sum.
 
 The teacher cache (n = ``--n`` clips drawn from ljspeech/train, librispeech-train-unlabeled,
 asterisk-prompts and speechocean762/train, never an evaluation set) is built once and shared.
@@ -58,6 +61,8 @@ def main() -> None:
     ap.add_argument("--rows", nargs="*", default=["dense", "oneshot", "oneshot+kd", "oneshot+layerwise", "imp"])
     ap.add_argument("--work", default=str(ROOT / "build" / "recovery_at_scale"))
     ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--soup-of", nargs="*", default=[], help="row 'soup': average the oneshot+kd models of these "
+                    "--work folders (the same recovery with other --seed); its CPU min is their sum")
     ap.add_argument("--pruned", default=None, help="start from this one-shot slim folder instead of pruning (row 'oneshot')")
     ap.add_argument("--teacher-cache", default=None, help="teacher cache root (default: WORK/teacher-cache)")
     ap.add_argument("--cached-only", action="store_true", help="train only on the drawn clips already in the cache")
@@ -135,20 +140,30 @@ def main() -> None:
         res = prune(pc, progress=False, loaded=copy.deepcopy(dense), log=lambda m: print("   ", m, flush=True))
         done("oneshot", pruned_dir, res.loaded, time.process_time() - c0, seconds=res.seconds)
 
-    c0 = time.process_time()
-    utts = select_utterances([str(p) for p in TRAIN], args.n, 0, pack_seconds=args.pack_seconds)
-    tconf = TeacherConfig(hidden_states="oneshot+layerwise" in args.rows, timestamps=args.timestamps)
-    root = Path(args.teacher_cache) if args.teacher_cache else work / "teacher-cache"
-    if args.cached_only:  # the clips a previous build already wrote (same weights + settings)
-        from slimwhisper.train.teacher import audio_hash, cache_key, weights_hash
+    if args.soup_of and "soup" not in rows:  # weight average of runs from the same start (train/soup.py)
+        from slimwhisper.train.soup import SoupConfig, average_models, save_soup
 
-        folder = root / cache_key(weights_hash(dense.model), tconf)
-        utts = [u for u in utts if (folder / f"{audio_hash(u.audio)[:32]}.pt").is_file()]
-        print(f"--cached-only: {len(utts)} of {args.n} drawn clips are cached", flush=True)
-    cache = build_cache(dense, utts, root, tconf, progress=False)
-    items = [cache[i] for i in range(len(cache))]
-    cache_cpu = time.process_time() - c0
-    print(f"teacher cache: {cache.describe()}, {cache_cpu / 60:.1f} CPU min", flush=True)
+        members = [Path(w) / "oneshot_kd" for w in args.soup_of]
+        cpu_min = sum(json.loads((Path(w) / "rows.json").read_text())["oneshot+kd"]["cpu_min"] for w in args.soup_of)
+        sc = SoupConfig(tuple(map(str, members)))
+        soup = average_models(sc)
+        done("soup", save_soup(soup, sc, work / "soup", force=True), soup, cpu_min * 60, members=[str(m) for m in members])
+    items, cache_cpu = [], 0.0
+    if {"oneshot+kd", "oneshot+layerwise", "imp"} & set(args.rows):  # the rows that train
+        c0 = time.process_time()
+        utts = select_utterances([str(p) for p in TRAIN], args.n, 0, pack_seconds=args.pack_seconds)
+        tconf = TeacherConfig(hidden_states="oneshot+layerwise" in args.rows, timestamps=args.timestamps)
+        root = Path(args.teacher_cache) if args.teacher_cache else work / "teacher-cache"
+        if args.cached_only:  # the clips a previous build already wrote (same weights + settings)
+            from slimwhisper.train.teacher import audio_hash, cache_key, weights_hash
+
+            folder = root / cache_key(weights_hash(dense.model), tconf)
+            utts = [u for u in utts if (folder / f"{audio_hash(u.audio)[:32]}.pt").is_file()]
+            print(f"--cached-only: {len(utts)} of {args.n} drawn clips are cached", flush=True)
+        cache = build_cache(dense, utts, root, tconf, progress=False)
+        items = [cache[i] for i in range(len(cache))]
+        cache_cpu = time.process_time() - c0
+        print(f"teacher cache: {cache.describe()}, {cache_cpu / 60:.1f} CPU min", flush=True)
 
     for name, method in (("oneshot+kd", "distill"), ("oneshot+layerwise", "layerwise")):
         if name not in args.rows or name in rows:

@@ -160,11 +160,16 @@ def test_prune_recipe_and_flag_set_the_calibration_packing(dense, data, tmp_path
 
     monkeypatch.setattr(prune_mod, "prune", stop)
     base = ["prune", "-m", str(dense), "--calib", str(data), "--recipe", "oneshot-25", "-q"]
-    for k, extra in enumerate(([], ["--calib-pack-seconds", "12"], ["--calib-timestamps", "0"])):
+    stream = ["--reconstruct-target", "stream", "--refit-all"]
+    for k, extra in enumerate(([], ["--calib-pack-seconds", "12"], ["--calib-timestamps", "0"], stream)):
         res = runner.invoke(app, [*base, "--out", str(tmp_path / f"o{k}"), *extra])
         assert "stopped by the test" in res.output, res.output
-    assert [c.calib.pack_seconds for c in seen] == [30.0, 12.0, 30.0]
-    assert [c.calib.timestamps for c in seen] == [0.5, 0.5, 0.0]  # the recipe's share, unless given
+    assert [c.calib.pack_seconds for c in seen] == [30.0, 12.0, 30.0, 30.0]
+    assert [c.calib.timestamps for c in seen] == [0.5, 0.5, 0.0, 0.5]  # the recipe's share, unless given
     assert seen[0].reconstruct.sequential and seen[0].alloc.sensitivity.n == 16
+    assert (seen[0].reconstruct.target, seen[0].reconstruct.refit_all) == ("layer", False)
+    assert (seen[3].reconstruct.target, seen[3].reconstruct.refit_all, seen[3].reconstruct.method) == ("stream", True, "lstsq")
+    res = runner.invoke(app, [*base, "--out", str(tmp_path / "ds"), "--reconstruct", "lstsq", "--dense-stats", *stream])
+    assert res.exit_code != 0 and "need sequential statistics" in res.output and not (tmp_path / "ds").exists()
     res = runner.invoke(app, [*base, "--out", str(tmp_path / "bad"), "--calib-pack-seconds", "31"])
     assert res.exit_code != 0 and "pack_seconds must be in (0, 30]" in res.output

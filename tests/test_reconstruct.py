@@ -264,6 +264,48 @@ def test_duplicated_neurons_are_reproduced_exactly(setup, sequential, method, tm
     assert diff > 1e-3
 
 
+def _encoder_out(model, examples):
+    with torch.no_grad():
+        return torch.cat([model.model.encoder(ex.features).last_hidden_state for ex in examples])
+
+
+def test_stream_target_pulls_the_residual_stream_back_to_dense(setup, tmp_path):
+    """Encoder layer 0 loses half its FFN neurons; re-fitting only that block to its own dense output
+    leaves the drift it cannot absorb in the stream, while the stream target with every later
+    consumer re-fitted brings the encoder output closer to the dense one (on the calibration audio)."""
+    loaded, examples = setup
+    plan = PrunePlan(frozenset(f"encoder.0.ffn.neuron.{j}" for j in range(0, 128, 2)))
+    err = {}
+    for name, cfg in {"layer": ReconstructConfig("lstsq", reselect=False, min_rows=0),
+                      "stream-all": ReconstructConfig("lstsq", reselect=False, min_rows=0, target="stream", refit_all=True)}.items():
+        work = copy.deepcopy(loaded)
+        _, report = reconstruct_prune(work, loaded.model, plan, examples, cfg, StatsConfig(cache_dir=str(tmp_path)), "fisher",
+                                      progress=False, log=lambda m: None)  # fmt: skip
+        assert report["refitted_blocks"] == {"encoder.0.ffn": 64}
+        err[name] = float((_encoder_out(work.model, examples) - _encoder_out(loaded.model, examples)).square().mean())
+    assert err["stream-all"] < 0.8 * err["layer"], err
+
+
+def test_stream_target_with_nothing_removed_keeps_the_dense_model(setup, tmp_path):
+    loaded, examples = setup
+    work = copy.deepcopy(loaded)
+    cfg = ReconstructConfig("lstsq", damp=1e-9, min_rows=0, target="stream", refit_all=True)
+    reconstruct_prune(work, loaded.model, PrunePlan(frozenset()), examples, cfg, StatsConfig(cache_dir=str(tmp_path)), "obs",
+                      progress=False, log=lambda m: None)  # fmt: skip
+    for a, b in zip(logits(work.model, examples), logits(loaded.model, examples), strict=True):
+        assert torch.allclose(a, b, atol=1e-3)
+
+
+def test_stream_target_and_refit_all_need_the_sequential_walk():
+    with pytest.raises(ReconstructError) as err:
+        ReconstructConfig("lstsq", sequential=False, target="stream", refit_all=True)
+    assert "--reconstruct-target stream and --refit-all need sequential statistics" in str(err.value)
+    with pytest.raises(ReconstructError, match="need a re-fit"):
+        ReconstructConfig("none", target="stream")
+    with pytest.raises(ReconstructError, match="unknown reconstruction target 'residual'"):
+        ReconstructConfig("lstsq", target="residual")
+
+
 def test_too_small_calibration_set_says_how_many_utterances(setup, tmp_path):
     loaded, examples = setup
     work = copy.deepcopy(loaded)

@@ -128,6 +128,11 @@ def prune(
                                                                 "--damp-grid 0.01 --damp-grid 0.1 ...).")] = None,
     sequential: Annotated[bool, typer.Option("--sequential/--dense-stats", help="Re-fit block by block on the "
                                              "already-pruned model's inputs (default), or on the dense model's Grams.")] = True,
+    reconstruct_target: Annotated[str | None, typer.Option(help="What a re-fit matches: layer (the dense consumer's "
+                                  "output) or stream (the dense residual stream after the block, so earlier errors are "
+                                  "corrected too; sequential only); default layer, or the recipe's.")] = None,
+    refit_all: Annotated[bool | None, typer.Option("--refit-all/--refit-pruned", help="Sequential re-fit of every "
+                         "out_proj/fc2, also in blocks that lose nothing (default: only the pruned blocks, or the recipe's).")] = None,
     heads: Annotated[float, typer.Option(help="Fraction of attention heads to remove.")] = 0.0,
     ffn: Annotated[float, typer.Option(help="Fraction of FFN neurons to remove.")] = 0.0,
     qk: Annotated[float, typer.Option(help="Fraction of Q/K channels to remove.")] = 0.0,
@@ -223,6 +228,11 @@ def prune(
         rec = ReconstructConfig(method=reconstruct or "none", damp=damp, sequential=sequential, damp_grid=tuple(damp_grid or ()))
     else:
         rec = recipe_reconstruct
+    if reconstruct_target is not None or refit_all is not None:
+        import dataclasses
+
+        rec = dataclasses.replace(rec, target=reconstruct_target or rec.target,
+                                  refit_all=rec.refit_all if refit_all is None else refit_all)  # fmt: skip
     config = PruneConfig(
         model=model,
         out=str(out),

@@ -278,3 +278,24 @@ def imp(
     loaded = run_imp(config, load_model(model), dense, cache_dir=teacher_cache, progress=not quiet, log=say_fn(quiet))
     print_params(dense.spec.params_by_component(), loaded.spec.params_by_component())
     typer.echo(f"IMP: {rounds} rounds to {100 * target_params:.0f}% of layer parameters; saved to {out}")
+
+
+@app.command()
+def average(
+    models: Annotated[list[str], typer.Argument(help="Recovered slim folders from the SAME pruned start (e.g. `recover` "
+                                                     "run with --seed 0 and --seed 1).")],
+    out: Annotated[Path, typer.Option(help="Folder for the averaged model (must not exist unless --force).")],
+    weight: Annotated[list[float] | None, typer.Option(help="Weight per model, in order (repeatable; default uniform).")] = None,
+    force: ForceOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Average the weights of recovered runs (a uniform model soup): same shapes, usually better than each run."""
+    from slimwhisper.cli.options import say_fn
+    from slimwhisper.outputs import check_output
+    from slimwhisper.train.soup import SoupConfig, average_models, save_soup
+
+    config = SoupConfig(members=tuple(models), weights=tuple(weight or ()))
+    check_output(out, "model", force=force, inputs=[Path(m) for m in models])
+    soup = average_models(config, log=say_fn(quiet))
+    save_soup(soup, config, out, force=force)
+    typer.echo(f"averaged {len(models)} models; saved to {out}")
