@@ -28,6 +28,7 @@ def _run(tmp_path, name: str, shift: float, plan: PrunePlan = PLAN):
     with torch.no_grad():
         loaded.model.model.decoder.layers[1].fc2.weight.add_(shift)
         loaded.model.model.encoder.layers[0].fc1.bias.add_(2 * shift)
+        loaded.model.model.decoder.embed_tokens.weight[:50].add_(shift)  # tied to the output projection
     return save_slim(loaded, tmp_path / name)
 
 
@@ -38,6 +39,9 @@ def test_average_is_the_weighted_mean_and_keeps_the_record(tmp_path):
     soup, la, lb = load_model(str(out)), load_model(str(a)), load_model(str(b))
     for (name, ps), pa, pb in zip(soup.model.named_parameters(), la.model.parameters(), lb.model.parameters(), strict=True):
         assert torch.allclose(ps, 0.75 * pa + 0.25 * pb, atol=1e-6), name
+    emb = soup.model.model.decoder.embed_tokens.weight
+    assert torch.allclose(emb, 0.75 * la.model.model.decoder.embed_tokens.weight + 0.25 * lb.model.model.decoder.embed_tokens.weight)
+    assert emb.data_ptr() == soup.model.proj_out.weight.data_ptr()  # still tied
     w_a = la.model.model.decoder.layers[1].fc2.weight
     assert not torch.allclose(soup.model.model.decoder.layers[1].fc2.weight, w_a)  # it did move
     assert soup.spec == la.spec and soup.spec.params() < tiny_random_loaded().spec.params()

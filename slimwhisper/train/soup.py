@@ -80,8 +80,12 @@ def average_models(config: SoupConfig, log=print):
                    [p for m, other in zip(config.members[1:], loaded[1:], strict=True) for p in _mismatches(loaded[0], other, m)])  # fmt: skip
     weights = config.normalised()
     states = [ld.model.state_dict() for ld in loaded]
+    seen: set[int] = set()
     with torch.no_grad():
         for key, tensor in states[0].items():
+            if tensor.data_ptr() in seen:  # a tied tensor (embedding = output projection): averaged once
+                continue
+            seen.add(tensor.data_ptr())
             if tensor.is_floating_point():
                 tensor.copy_(sum(w * s[key].to(torch.float64) for w, s in zip(weights, states, strict=True)).to(tensor.dtype))
     log(f"averaged {len(loaded)} models ({', '.join(f'{w:.2f}' for w in weights)})")
