@@ -351,17 +351,16 @@ def sequential_walk(work_model, dense_model, examples, work: dict[str, BlockWork
                 sd.dec = S.decoder_inputs(dense_model, examples, sd.enc_out)
                 sp.dec = [h.clone() for h in sd.dec]
             w = work.get(sub.block)
-            if config.refit_all and (sub.side, sub.layer) not in dropped:
-                w = w or BlockWork([], [], [])
             if (sub.side, sub.layer) in dropped:
                 _advance(dense_model, sub, sd)  # the pruned stream skips the (zeroed) layer
-            elif not (w is not None and (w.columns or config.refit_all)):
+            elif not ((w is not None and w.columns) or config.refit_all):
                 if w is not None:
                     zero_groups(work_model, w.qk)
                     removed += w.qk
                 _advance(dense_model, sub, sd)
                 _advance(work_model, sub, sp)
             else:
+                w = w or BlockWork([], [], [])  # refit_all: a block that loses nothing is re-fitted too
                 zero_groups(work_model, w.qk)
                 H_pp, H_pd, rows, folds = _accumulate(work_model, dense_model, sub, sp, sd, stats_config.stride, config.target == "stream")
                 chosen, damps[sub.block] = refit_block(work_model, dense_model, sub, w, H_pp, H_pd, rows, score, config, folds)

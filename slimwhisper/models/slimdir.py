@@ -136,6 +136,17 @@ def save_slim(
     return out
 
 
+def appended_configs(loaded: LoadedModel, key: str, entry: dict) -> dict:
+    """The configs ``loaded`` was made with (its ``pruning.json``), plus ``entry`` under ``key``; a step
+    that already ran keeps its entry and the new one becomes ``key_2``, ``key_3``, ... (in order)."""
+    configs = dict((loaded.extra.get("pruning") or {}).get("configs") or {})
+    name, i = key, 2
+    while name in configs:
+        name, i = f"{key}_{i}", i + 1
+    configs[name] = entry
+    return configs
+
+
 def _default_source(loaded: LoadedModel | None) -> dict:
     if loaded is None:
         return {}

@@ -448,12 +448,8 @@ def recover(
 
 def save_recovered(loaded: LoadedModel, out: str | Path, config: RecoverConfig, *, force: bool = False) -> Path:
     """Save as a slim folder: pruning record kept, recovery config appended to the configs."""
-    from slimwhisper.models.slimdir import save_slim
+    from slimwhisper.models.slimdir import appended_configs, save_slim
 
-    configs = dict((loaded.extra.get("pruning") or {}).get("configs") or {})
-    key, i = "recover", 2
-    while key in configs:  # recovered twice: keep both, in order
-        key, i = f"recover_{i}", i + 1
     summary = loaded.extra.get("recovery", {}).get("result")
-    configs[key] = {**config.to_dict(), "result": summary}
+    configs = appended_configs(loaded, "recover", {**config.to_dict(), "result": summary})  # recovered twice: both kept
     return save_slim(loaded, Path(out), record=getattr(loaded.model, "slim_record", None), configs=configs, force=force)

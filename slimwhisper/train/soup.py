@@ -94,8 +94,7 @@ def average_models(config: SoupConfig, log=print):
 
 def save_soup(soup, config: SoupConfig, out: str | Path, force: bool = False) -> Path:
     """Save as a slim folder: the first member's record and configs, plus ``average`` (members, weights)."""
-    from slimwhisper.models.slimdir import save_slim
+    from slimwhisper.models.slimdir import appended_configs, save_slim
 
-    configs = dict((soup.extra.get("pruning") or {}).get("configs") or {})
-    configs["average"] = config.to_dict()
+    configs = appended_configs(soup, "average", config.to_dict())
     return save_slim(soup, Path(out), record=getattr(soup.model, "slim_record", None), configs=configs, force=force)
