@@ -10,7 +10,8 @@ Rows (all at ``--target`` of the encoder+decoder layer parameters):
 * ``oneshot+layerwise``: ``recover --method layerwise`` (``--layerwise-steps`` per-layer MSE, then the
   same ``--steps`` of end-to-end KD with the encoder-output L2);
 * ``imp``: ``--rounds`` rounds of magnitude pruning + KD, ``--steps`` in total;
-* ``tspar`` (only with ``--tspar``): sparse-group-lasso stage 1 with the converging schedules, then two passes.
+* ``tspar`` (only with ``--tspar``): sparse-group-lasso stage 1 with the converging schedules, then two
+  passes; trained with CE on the same cached windows and dense pseudo-labels as the KD rows (no KL).
 * ``soup`` (only with ``--soup-of W1 W2 ...``): the weight average (``slimwhisper average``) of the
   ``oneshot+kd`` models of earlier runs in those ``--work`` folders (same start, other ``--seed``);
   its CPU minutes are the members' sum.
@@ -149,7 +150,7 @@ def main() -> None:
         soup = average_models(sc)
         done("soup", save_soup(soup, sc, work / "soup", force=True), soup, cpu_min * 60, members=[str(m) for m in members])
     items, cache_cpu = [], 0.0
-    if {"oneshot+kd", "oneshot+layerwise", "imp"} & set(args.rows):  # the rows that train
+    if {"oneshot+kd", "oneshot+layerwise", "imp"} & set(args.rows) or args.tspar:  # the rows that train
         c0 = time.process_time()
         utts = select_utterances([str(p) for p in TRAIN], args.n, 0, pack_seconds=args.pack_seconds)
         tconf = TeacherConfig(hidden_states="oneshot+layerwise" in args.rows, timestamps=args.timestamps)
@@ -182,11 +183,14 @@ def main() -> None:
         loaded = run_imp(ic, copy.deepcopy(dense), dense, items, progress=False)
         done("imp", work / "imp", loaded, time.process_time() - c0, rounds=loaded.extra["imp"], cache_cpu_min=cache_cpu / 60)
     if args.tspar and "tspar" not in rows:
+        from slimwhisper.compress.calib import CalibExample
         from slimwhisper.train.tspar import TsparConfig, run_tspar
 
         c0 = time.process_time()
         tc = TsparConfig(model=args.model, out=str(work / "tspar"), force=True, target_params=args.target, train=train)
-        res = run_tspar(tc, progress=False, loaded=copy.deepcopy(dense))
+        # the KD rows' windows and dense pseudo-labels (CE only: TSPAR's stage 1 has no KL term)
+        examples = [CalibExample(i.id, i.features, i.tokens, i.n_prefix, i.pseudo) for i in items]
+        res = run_tspar(tc, progress=False, loaded=copy.deepcopy(dense), examples=examples)
         done("tspar", work / "tspar", res.loaded, time.process_time() - c0, train=res.training.to_dict())
 
     for name, r in rows.items():  # rows from an earlier run (--resume): the sets / decodings they lack

@@ -451,3 +451,42 @@ def test_encoder_attention_fuses_per_layer_heads_and_keeps_the_outputs(tmp_path,
     assert fuse_attention(path) == 0  # nothing left to fuse
     bundled = onnx.load(str(out / "encoder.int8.onnx")).graph.node  # the export fused, then quantised
     assert sum(n.op_type == "MultiHeadAttention" for n in bundled) == len(UNEVEN.encoder)
+
+
+def test_sinusoid_positions_are_generated_in_the_graph_and_a_trained_table_is_kept(tmp_path):
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from slimwhisper.export.positions import generate_positions, sinusoids
+
+    def graph_with(table, path):
+        graph = helper.make_graph(
+            [helper.make_node("Add", ["x", "pos"], ["y"])], "g",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1500, 64])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1500, 64])],
+            [numpy_helper.from_array(table, "pos")])
+        onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)], ir_version=10), str(path))
+
+    x = np.zeros((1, 1500, 64), np.float32)
+    stored = sinusoids(1500, 64).astype(np.float16).astype(np.float32)  # as the fp16 checkpoints hold it
+    graph_with(stored, tmp_path / "s.onnx")
+    assert generate_positions(tmp_path / "s.onnx", "pos")
+    assert not [i for i in onnx.load(str(tmp_path / "s.onnx")).graph.initializer if i.name == "pos"]
+    y = ort.InferenceSession(str(tmp_path / "s.onnx")).run(None, {"x": x})[0][0]
+    assert np.abs(y - stored).max() < 1e-3 and np.abs(y - sinusoids(1500, 64)).max() < 1e-4
+
+    trained = stored.copy()
+    trained[7, 3] += 0.01  # one position moved by training: not the sinusoids any more
+    graph_with(trained, tmp_path / "t.onnx")
+    before = (tmp_path / "t.onnx").read_bytes()
+    assert not generate_positions(tmp_path / "t.onnx", "pos")
+    assert (tmp_path / "t.onnx").read_bytes() == before
+
+
+def test_int8_bundle_computes_the_encoder_positions(uneven_bundle):
+    _, out, manifest = uneven_bundle
+    # fp32 keeps the table the torch model holds (parity within 1e-3); int8 computes the sinusoids
+    assert manifest["encoder_positions"] == {"fp32": "table", "int8": "sinusoids"}
+    shapes = {name: [tuple(i.dims) for i in onnx.load(str(out / name)).graph.initializer]
+              for name in ("encoder.onnx", "encoder.int8.onnx")}
+    assert (1500, 64) in shapes["encoder.onnx"] and (1500, 64) not in shapes["encoder.int8.onnx"]

@@ -70,7 +70,7 @@ def test_token_decoder_matches_transformers(tiny_bundle):
     tok = loaded.processor.tokenizer
     text = " Hello, world! Ünïcödé — 42 tokens, naïve café."
     ids = tok.encode(text, add_special_tokens=False)
-    dec = TokenDecoder(out / "tokenizer.json", first_special=50256)
+    dec = TokenDecoder(out / "tokenizer.json.gz", first_special=50256)  # bundles store it gzipped
     assert dec.decode(ids) == tok.decode(ids) == text
     assert dec.decode([50257, *ids, 50362, 50256]) == text  # specials and timestamps skipped
 

@@ -15,6 +15,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from slimwhisper.export.config import ExportConfig, ExportError
+from slimwhisper.export.positions import generate_positions
 
 TIED = "proj_out.weight_T"  # see graphs.untie_free_projection
 # Largest block of the 4-bit token table along d: 32 as in GGUF's Q4_0; on tiny.en's table block 16 raised
@@ -58,6 +59,8 @@ def quantize_int8(src: Path, dst: Path, part: str, config: ExportConfig) -> None
     """
     if part == "encoder":
         ENCODER_SCHEMES[config.encoder_int8](src, dst, config)
+        if config.generated_positions:  # before shrink_remaining_fp32 would store the table as fp16
+            generate_positions(dst)
     else:
         from onnxruntime.quantization import QuantType, quantize_dynamic
 

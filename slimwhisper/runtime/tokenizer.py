@@ -1,4 +1,4 @@
-"""Byte-level BPE *decoding* from a tokenizer.json, without the ``tokenizers`` package.
+"""Byte-level BPE *decoding* from a tokenizer.json (or .json.gz), without the ``tokenizers`` package.
 
 Decoding ids is a vocabulary lookup followed by GPT-2's byte decoder (each of the 256 bytes is
 mapped to a printable unicode character, ``bytes_to_unicode`` in openai/gpt-2 encoder.py).
@@ -6,6 +6,7 @@ mapped to a printable unicode character, ``bytes_to_unicode`` in openai/gpt-2 en
 
 from __future__ import annotations
 
+import gzip
 import json
 from functools import lru_cache
 from pathlib import Path
@@ -30,7 +31,8 @@ class TokenDecoder:
     timestamp tokens in Whisper's vocabulary) and added special tokens are skipped."""
 
     def __init__(self, tokenizer_json: str | Path, first_special: int):
-        data = json.loads(Path(tokenizer_json).read_text(encoding="utf-8"))
+        raw = Path(tokenizer_json).read_bytes()
+        data = json.loads(gzip.decompress(raw) if str(tokenizer_json).endswith(".gz") else raw)  # bundles: .json.gz
         pieces: dict[int, str] = {int(i): tok for tok, i in data["model"]["vocab"].items()}
         self.special: set[int] = set()
         for added in data.get("added_tokens", []):
