@@ -13,7 +13,8 @@ Rows (all at ``--target`` of the encoder+decoder layer parameters):
 * ``tspar`` (only with ``--tspar``): sparse-group-lasso stage 1 with the converging schedules, then two
   passes; trained with CE on the same cached windows and dense pseudo-labels as the KD rows (no KL).
 * ``soup`` (only with ``--soup-of W1 W2 ...``): the weight average (``slimwhisper average``) of the
-  ``oneshot+kd`` models of earlier runs in those ``--work`` folders (same start, other ``--seed``);
+  ``oneshot+kd`` (or ``oneshot+layerwise``) models of earlier runs in those ``--work`` folders (same
+  start, other ``--seed`` or step counts);
   its CPU minutes are the members' sum.
 
 The teacher cache (n = ``--n`` clips drawn from ljspeech/train, librispeech-train-unlabeled,
@@ -62,7 +63,7 @@ def main() -> None:
     ap.add_argument("--rows", nargs="*", default=["dense", "oneshot", "oneshot+kd", "oneshot+layerwise", "imp"])
     ap.add_argument("--work", default=str(ROOT / "build" / "recovery_at_scale"))
     ap.add_argument("--resume", action="store_true")
-    ap.add_argument("--soup-of", nargs="*", default=[], help="row 'soup': average the oneshot+kd models of these "
+    ap.add_argument("--soup-of", nargs="*", default=[], help="row 'soup': average the oneshot+kd (or oneshot+layerwise) models of these "
                     "--work folders (the same recovery with other --seed); its CPU min is their sum")
     ap.add_argument("--pruned", default=None, help="start from this one-shot slim folder instead of pruning (row 'oneshot')")
     ap.add_argument("--teacher-cache", default=None, help="teacher cache root (default: WORK/teacher-cache)")
@@ -144,8 +145,10 @@ def main() -> None:
     if args.soup_of and "soup" not in rows:  # weight average of runs from the same start (train/soup.py)
         from slimwhisper.train.soup import SoupConfig, average_models, save_soup
 
-        members = [Path(w) / "oneshot_kd" for w in args.soup_of]
-        cpu_min = sum(json.loads((Path(w) / "rows.json").read_text())["oneshot+kd"]["cpu_min"] for w in args.soup_of)
+        trained = [next(r for r in ("oneshot+kd", "oneshot+layerwise") if r in json.loads((Path(w) / "rows.json").read_text()))
+                   for w in args.soup_of]  # each member: the row its --work folder trained
+        members = [Path(w) / r.replace("+", "_") for w, r in zip(args.soup_of, trained)]
+        cpu_min = sum(json.loads((Path(w) / "rows.json").read_text())[r]["cpu_min"] for w, r in zip(args.soup_of, trained))
         sc = SoupConfig(tuple(map(str, members)))
         soup = average_models(sc)
         done("soup", save_soup(soup, sc, work / "soup", force=True), soup, cpu_min * 60, members=[str(m) for m in members])
