@@ -145,10 +145,12 @@ def main() -> None:
     if args.soup_of and "soup" not in rows:  # weight average of runs from the same start (train/soup.py)
         from slimwhisper.train.soup import SoupConfig, average_models, save_soup
 
-        trained = [next(r for r in ("oneshot+kd", "oneshot+layerwise") if r in json.loads((Path(w) / "rows.json").read_text()))
-                   for w in args.soup_of]  # each member: the row its --work folder trained
-        members = [Path(w) / r.replace("+", "_") for w, r in zip(args.soup_of, trained)]
-        cpu_min = sum(json.loads((Path(w) / "rows.json").read_text())[r]["cpu_min"] for w, r in zip(args.soup_of, trained))
+        members, cpu_min = [], 0.0
+        for w in args.soup_of:  # each member: the row its --work folder trained
+            done_rows = json.loads((Path(w) / "rows.json").read_text())
+            r = next(r for r in ("oneshot+kd", "oneshot+layerwise") if r in done_rows)
+            members.append(Path(w) / r.replace("+", "_"))
+            cpu_min += done_rows[r]["cpu_min"]
         sc = SoupConfig(tuple(map(str, members)))
         soup = average_models(sc)
         done("soup", save_soup(soup, sc, work / "soup", force=True), soup, cpu_min * 60, members=[str(m) for m in members])
@@ -186,13 +188,12 @@ def main() -> None:
         loaded = run_imp(ic, copy.deepcopy(dense), dense, items, progress=False)
         done("imp", work / "imp", loaded, time.process_time() - c0, rounds=loaded.extra["imp"], cache_cpu_min=cache_cpu / 60)
     if args.tspar and "tspar" not in rows:
-        from slimwhisper.compress.calib import CalibExample
         from slimwhisper.train.tspar import TsparConfig, run_tspar
 
         c0 = time.process_time()
         tc = TsparConfig(model=args.model, out=str(work / "tspar"), force=True, target_params=args.target, train=train)
         # the KD rows' windows and dense pseudo-labels (CE only: TSPAR's stage 1 has no KL term)
-        examples = [CalibExample(i.id, i.features, i.tokens, i.n_prefix, i.pseudo) for i in items]
+        examples = [i.calib_example() for i in items]
         res = run_tspar(tc, progress=False, loaded=copy.deepcopy(dense), examples=examples)
         done("tspar", work / "tspar", res.loaded, time.process_time() - c0, train=res.training.to_dict())
 

@@ -29,10 +29,14 @@ MAX_TIMESCALE = 10000.0  # openai/whisper sinusoids(length, channels, max_timesc
 TOLERANCE = 1e-3  # fp16 spacing at 1.0 is 9.8e-4; rounding moves a value in [-1, 1] by at most half that
 
 
+def inv_timescales(channels: int) -> np.ndarray:
+    """w_k = 10000^(-k / (C/2 - 1)), k < C/2, float32 (openai/whisper ``sinusoids``)."""
+    return np.exp(-np.log(MAX_TIMESCALE) / (channels // 2 - 1) * np.arange(channels // 2, dtype=np.float32)).astype(np.float32)
+
+
 def sinusoids(length: int, channels: int) -> np.ndarray:
-    """openai/whisper's positional table in float32: [sin(t * w_k), cos(t * w_k)], w_k = 10000^(-k / (C/2 - 1))."""
-    inv = np.exp(-np.log(MAX_TIMESCALE) / (channels // 2 - 1) * np.arange(channels // 2, dtype=np.float32))
-    scaled = np.arange(length, dtype=np.float32)[:, None] * inv.astype(np.float32)[None, :]
+    """openai/whisper's positional table in float32: [sin(t * w_k), cos(t * w_k)]."""
+    scaled = np.arange(length, dtype=np.float32)[:, None] * inv_timescales(channels)[None, :]
     return np.concatenate([np.sin(scaled), np.cos(scaled)], axis=1).astype(np.float32)
 
 
@@ -60,11 +64,10 @@ def generate_positions(path: Path, name: str = ENCODER_POSITIONS) -> bool:
     if not is_sinusoid_table(table):
         return False
     length, channels = table.shape
-    inv = np.exp(-np.log(MAX_TIMESCALE) / (channels // 2 - 1) * np.arange(channels // 2, dtype=np.float32))
     p = f"{name}_gen"
     consts = {f"{p}_start": np.array(0.0, np.float32), f"{p}_limit": np.array(float(length), np.float32),
               f"{p}_delta": np.array(1.0, np.float32), f"{p}_axes": np.array([1], np.int64),
-              f"{p}_inv": inv.astype(np.float32)[None, :]}  # fmt: skip
+              f"{p}_inv": inv_timescales(channels)[None, :]}  # fmt: skip
     nodes = [
         helper.make_node("Range", [f"{p}_start", f"{p}_limit", f"{p}_delta"], [f"{p}_t"], name=f"{p}_range"),
         helper.make_node("Unsqueeze", [f"{p}_t", f"{p}_axes"], [f"{p}_t1"], name=f"{p}_unsqueeze"),

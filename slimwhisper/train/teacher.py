@@ -96,6 +96,12 @@ class TeacherItem:
     hidden: torch.Tensor | None = None  # (n_layers + 1, n_ctx, d) float16: layer inputs, then last output (pre-LN)
     pseudo: bool = True
 
+    def calib_example(self):
+        """The teacher-forcing part alone (features, prefix + pseudo-label): what CE-only training reads."""
+        from slimwhisper.compress.calib import CalibExample
+
+        return CalibExample(self.id, self.features, self.tokens, self.n_prefix, self.pseudo)
+
 
 def weights_hash(model: torch.nn.Module) -> str:
     """sha256 over every tensor's name, shape, dtype and bytes (tied weights counted once)."""
@@ -255,9 +261,7 @@ class CachedBatch(Batch):
 
 
 def collate_cached(items: list[TeacherItem], pad_id: int) -> CachedBatch:
-    from slimwhisper.compress.calib import CalibExample
-
-    base = collate([CalibExample(it.id, it.features, it.tokens, it.n_prefix, it.pseudo) for it in items], pad_id)
+    base = collate([it.calib_example() for it in items], pad_id)
     k = items[0].topk_ids.shape[-1]
     shape = (*base.targets.shape, k)
     logp, ids = torch.zeros(shape), torch.zeros(shape, dtype=torch.long)
