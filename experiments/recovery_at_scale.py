@@ -82,6 +82,8 @@ def main() -> None:
     ap.add_argument("--decodings", nargs="+", default=["greedy"], choices=list(DECODINGS),
                     help="greedy: no fallback (loops visible); whisper: openai-whisper's defaults (fallback, no-speech)")
     ap.add_argument("--evals", nargs="+", default=list(EVALS), choices=list(EVALS))
+    ap.add_argument("--mixed-precision", default=None, choices=["no", "bf16"],
+                    help="bf16: autocast the training forward (fp32 master weights); on CPUs with AVX512-BF16")
     args = ap.parse_args()
 
     import torch
@@ -113,7 +115,8 @@ def main() -> None:
     dense = load_model(args.model)
     train = TrainConfig(str(TRAIN[0]), more_data=tuple(map(str, TRAIN[1:])), n=args.n, steps=args.steps,
                         batch_size=args.batch, lr=args.lr, threads=args.threads, warmup=args.warmup,
-                        pack_seconds=args.pack_seconds, seed=args.seed)  # fmt: skip
+                        pack_seconds=args.pack_seconds, seed=args.seed,
+                        mixed_precision=args.mixed_precision)  # fmt: skip
 
     def done(name: str, folder: Path, loaded, cpu_s: float, **info) -> None:
         files, dense_files = file_params(folder), file_params(work / "dense")

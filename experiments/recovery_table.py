@@ -56,7 +56,8 @@ def main() -> None:
     from transformers.utils import logging as hf_logging
 
     from slimwhisper.compress import AllocConfig, CalibConfig, PruneConfig, ScoreConfig, prune
-    from slimwhisper.train.recover import DEFAULT_LR, RecoverConfig, RecoverMethod, recover, save_recovered
+    from slimwhisper.train.recover import recover, save_recovered
+    from slimwhisper.train.recover_config import DEFAULT_LR, RecoverConfig, RecoverMethod
     from slimwhisper.train.loop import TrainConfig, prepare_examples
     from slimwhisper.train.tspar import TsparConfig, run_tspar
     from slimwhisper.models import load_model

@@ -37,7 +37,7 @@ from slimwhisper.outputs import MARKER, check_output, is_output_of, write_json
 if TYPE_CHECKING:
     from slimwhisper.compress.prune import PruneConfig
     from slimwhisper.export.config import ExportConfig
-    from slimwhisper.train.recover import RecoverConfig
+    from slimwhisper.train.recover_config import RecoverConfig
 
 RUN_CONFIG = "run_config.json"
 # Settings that change how a run is shown or allowed, not what it computes: not compared on resume.

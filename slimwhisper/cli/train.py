@@ -80,7 +80,7 @@ def _dense_source(model: str) -> str | None:
 def _check_inputs(model: str, method: str, teacher: str | None, out: Path, force: bool, data: list[Path]) -> None:
     from slimwhisper.models.slimdir import is_slim_dir
     from slimwhisper.outputs import OutputError, check_output
-    from slimwhisper.train.recover import PEFT_HINT, RecoverError
+    from slimwhisper.train.recover_config import PEFT_HINT, RecoverError
 
     problems = []
     if not is_slim_dir(model):
@@ -152,13 +152,13 @@ def recover(
     from slimwhisper.cli.options import say_fn
     from slimwhisper.evaluate import wer_of
     from slimwhisper.models import load_model
-    from slimwhisper.train.recover import (
+    from slimwhisper.train.recover import recover as run_recover
+    from slimwhisper.train.recover import save_recovered
+    from slimwhisper.train.recover_config import (
         DEFAULT_LR,
         RecoverConfig,
         RecoverMethod,
-        save_recovered,
     )
-    from slimwhisper.train.recover import recover as run_recover
 
     train_cfg = _train_config(data, n, steps, epochs, lr or DEFAULT_LR.get(method, 1e-4), batch_size, seed, max_seconds,
                               threads, max_minutes=max_minutes, warmup=warmup, checkpoint_every=checkpoint_every,

@@ -89,7 +89,13 @@ def lr_factor(step: int, total: int, warmup: float) -> float:
 
 def make_accelerator(config: TrainConfig):
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
 
+    # AcceleratorState is a process-wide singleton: a second run in the same process (the library
+    # API, IMP rounds, a test session) would silently keep the first run's mixed precision when
+    # this one names none, and raise when it names another. Start each run from its own config;
+    # the PartialState (the process group under `accelerate launch`) is kept.
+    AcceleratorState._reset_state(reset_partial_state=False)
     kwargs = {"cpu": config.device == "cpu"}
     if config.mixed_precision is not None:
         kwargs["mixed_precision"] = config.mixed_precision

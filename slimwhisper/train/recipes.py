@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from slimwhisper.train.loop import TrainConfig
-from slimwhisper.train.recover import RecoverConfig
+from slimwhisper.train.recover_config import RecoverConfig
 
 
 @dataclass(frozen=True)

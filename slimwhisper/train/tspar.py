@@ -207,7 +207,7 @@ def two_pass_plan(groups: list[Group], norms: torch.Tensor, total: float, config
         median = statistics.median(float(norms[i]) for i in idx)
         for i in idx:
             rel[i] = float(norms[i]) / median if median > 0 else 0.0
-        room[key] = min(len(idx) - 1, int(math.floor(config.cap(key[1]) * len(idx))))  # keep >= 1 per block
+        room[key] = min(len(idx) - 1, math.floor(config.cap(key[1]) * len(idx)))  # keep >= 1 per block
     order = sorted(range(len(groups)), key=lambda i: (float(rel[i]), groups[i].name))
     taken: set[int] = set()
 
