@@ -7,7 +7,8 @@ import copy
 import pytest
 import torch
 
-from slimwhisper.compress.allocate import AllocConfig, AllocError, allocate
+from slimwhisper.compress.alloc_config import AllocConfig, AllocError
+from slimwhisper.compress.allocate import allocate
 from slimwhisper.compress.groups import enumerate_groups
 from slimwhisper.compress.surgery import apply_plan
 from slimwhisper.models.testing import tiny_random_loaded

@@ -365,7 +365,7 @@ def test_sensitivity_greedy_spends_the_budget_where_loss_is_flat():
 
 
 def test_bad_configs_list_every_problem():
-    from slimwhisper.compress.allocate import AllocError
+    from slimwhisper.compress.alloc_config import AllocError
 
     with pytest.raises(AllocError) as err:
         AllocConfig(threshold="sensitivity", heads=0.5)

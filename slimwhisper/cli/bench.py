@@ -106,7 +106,7 @@ def run(
 ) -> None:
     """Prune -> (recover) -> export fp32 + int8 -> bench dense vs pruned vs faster-whisper, all in --out."""
     from slimwhisper.bench.report import markdown
-    from slimwhisper.compress.allocate import AllocConfig
+    from slimwhisper.compress.alloc_config import AllocConfig
     from slimwhisper.compress.prune import PruneConfig
     from slimwhisper.compress.recipes import calibration_for
     from slimwhisper.compress.stats import StatsConfig

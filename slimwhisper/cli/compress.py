@@ -73,7 +73,7 @@ def choose_alloc(recipe: str | None, plan: Path | None, score: str | None, optio
     """
     import dataclasses
 
-    from slimwhisper.compress.allocate import AllocConfig
+    from slimwhisper.compress.alloc_config import AllocConfig
     from slimwhisper.compress.prune import PruneError
     from slimwhisper.compress.recipes import get_recipe
     from slimwhisper.compress.scores import ScoreConfig
@@ -190,7 +190,7 @@ def prune(
     """Remove heads / channels / neurons / layers and save a smaller model that reloads with --model OUT."""
     from slimwhisper.compress.prune import PruneConfig
     from slimwhisper.compress.prune import prune as run_prune
-    from slimwhisper.compress.allocate import AllocConfig
+    from slimwhisper.compress.alloc_config import AllocConfig
     from slimwhisper.compress.recipes import calibration_for
     from slimwhisper.compress.scores import ScoreConfig
     from slimwhisper.compress.stats import StatsConfig

@@ -5,7 +5,8 @@ Groups (``groups``) -> scores (``scores``, calibrated by ``calib``) -> allocatio
 lot; ``sensitivity`` tables which components matter; ``recipes`` names common settings.
 """
 
-from slimwhisper.compress.allocate import AllocConfig, AllocError, Allocation, Threshold, allocate
+from slimwhisper.compress.alloc_config import AllocConfig, AllocError, Threshold
+from slimwhisper.compress.allocate import Allocation, allocate
 from slimwhisper.compress.calib import CalibConfig, CalibError, CalibExample, example_loss, prepare
 from slimwhisper.compress.groups import Group, GroupSpace, ParamSlice, enumerate_groups
 from slimwhisper.compress.plan import PlanError, PrunePlan, PruneRecord

@@ -29,7 +29,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from slimwhisper.compress.allocate import Allocation, AllocConfig, AllocError
+from slimwhisper.compress.alloc_config import AllocConfig, AllocError
+from slimwhisper.compress.allocate import Allocation
 from slimwhisper.compress.groups import parse_name
 from slimwhisper.compress.plan import PlanError, PrunePlan
 from slimwhisper.compress.sensconfig import SensAllocError

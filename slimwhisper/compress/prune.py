@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from slimwhisper.compress.allocate import AllocConfig, Allocation, allocate
+from slimwhisper.compress.alloc_config import AllocConfig
+from slimwhisper.compress.allocate import Allocation, allocate
 from slimwhisper.compress.budget import LatencyBudget
 from slimwhisper.compress.calib import CalibConfig, prepare
 from slimwhisper.compress.groups import enumerate_groups
@@ -260,7 +261,6 @@ def prune(config: PruneConfig, progress: bool = True, loaded: LoadedModel | None
     from slimwhisper.models import load_model
     from slimwhisper.models.slim import spec_from_model
     from slimwhisper.models.slimdir import save_slim
-
     from slimwhisper.outputs import check_output
 
     # Before any (slow) work: a foreign folder or the input is refused here, not after pruning.

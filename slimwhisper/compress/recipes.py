@@ -46,7 +46,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from slimwhisper.compress.allocate import AllocConfig, Threshold
+from slimwhisper.compress.alloc_config import AllocConfig, Threshold
 from slimwhisper.compress.reconstruct import ReconstructConfig
 from slimwhisper.compress.scores import ScoreConfig
 from slimwhisper.compress.sensconfig import SensAllocConfig
