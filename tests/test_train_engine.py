@@ -87,6 +87,20 @@ def test_bf16_on_cpu_autocasts_the_forward_and_keeps_fp32_weights():
     assert res.losses != ref.losses and res.losses == pytest.approx(ref.losses, rel=0.05)
 
 
+def test_bf16_on_a_cpu_without_native_bf16_says_it_is_slower(monkeypatch):
+    import slimwhisper.train.engine as engine
+
+    said = []
+    monkeypatch.setattr(engine, "cpu_has_bf16", lambda: False)
+    run_training(mlp(), data(), dataclasses.replace(CFG, mixed_precision="bf16", steps=1), collate_fn=collate,
+                 loss_fn=loss_fn, progress=False, log=said.append)  # fmt: skip
+    assert any("without AVX512-BF16" in m for m in said)
+    said.clear()
+    run_training(mlp(), data(), dataclasses.replace(CFG, steps=1), collate_fn=collate, loss_fn=loss_fn, progress=False,
+                 log=said.append)  # fmt: skip
+    assert not any("AVX512" in m for m in said)
+
+
 def test_killed_run_resumes_to_the_same_weights(tmp_path):
     reference = mlp()
     ref = run(reference, CFG)
