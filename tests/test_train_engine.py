@@ -101,6 +101,18 @@ def test_bf16_on_a_cpu_without_native_bf16_says_it_is_slower(monkeypatch):
     assert not any("AVX512" in m for m in said)
 
 
+def test_auto_precision_is_bf16_only_where_the_cpu_has_it(monkeypatch):
+    import slimwhisper.train.engine as engine
+
+    auto = dataclasses.replace(CFG, mixed_precision="auto")
+    for native, want in ((True, "bf16"), (False, "no")):
+        monkeypatch.setattr(engine, "cpu_has_bf16", lambda n=native: n)
+        assert engine.resolve_precision(auto) == want and engine.make_accelerator(auto).mixed_precision == want
+    assert engine.resolve_precision(CFG) is None and engine.resolve_precision(dataclasses.replace(CFG, mixed_precision="no")) == "no"
+    with pytest.raises(ValueError, match="no, bf16, fp16 or auto"):
+        dataclasses.replace(CFG, mixed_precision="bfloat16")
+
+
 def test_killed_run_resumes_to_the_same_weights(tmp_path):
     reference = mlp()
     ref = run(reference, CFG)

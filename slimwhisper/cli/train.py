@@ -31,7 +31,8 @@ CkDirOpt = Annotated[Path | None, typer.Option("--checkpoint-dir", help="Checkpo
 CkEveryOpt = Annotated[int | None, typer.Option(min=1, help="Write a checkpoint every N steps (also on SIGTERM and at --max-minutes).")]
 ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue from the checkpoint folder (same settings required).")]
 DeviceOpt = Annotated[str, typer.Option(help="cpu (default) | auto: accelerate's choice (CUDA when present; use with accelerate launch).")]
-PrecisionOpt = Annotated[str | None, typer.Option(help="no | bf16 | fp16 (default: accelerate launch's --mixed_precision).")]
+PrecisionOpt = Annotated[str | None, typer.Option(
+    help="no | bf16 | fp16 | auto (bf16 where the CPU/GPU has native bf16; default: accelerate launch's --mixed_precision).")]
 EvalOpt = Annotated[Path | None, typer.Option("--eval", help="Labelled data: print WER before and after.")]
 EvalLimitOpt = Annotated[int | None, typer.Option(min=1, help="Use only the first N eval utterances.")]
 

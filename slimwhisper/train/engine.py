@@ -98,8 +98,17 @@ def make_accelerator(config: TrainConfig):
     AcceleratorState._reset_state(reset_partial_state=False)
     kwargs = {"cpu": config.device == "cpu"}
     if config.mixed_precision is not None:
-        kwargs["mixed_precision"] = config.mixed_precision
+        kwargs["mixed_precision"] = resolve_precision(config)
     return Accelerator(**kwargs)
+
+
+def resolve_precision(config: TrainConfig) -> str | None:
+    """``auto``: bf16 where the device multiplies in bf16 natively, else no (fp32); other values as given."""
+    if config.mixed_precision != "auto":
+        return config.mixed_precision
+    if config.device != "cpu" and torch.cuda.is_available():
+        return "bf16" if torch.cuda.is_bf16_supported() else "no"
+    return "bf16" if cpu_has_bf16() else "no"
 
 
 def cpu_has_bf16() -> bool:
@@ -179,6 +188,8 @@ def run_training(
         raise TrainError("no trainable parameters: every parameter has requires_grad=False")
     acc = make_accelerator(config)
     world, rank = acc.num_processes, acc.process_index
+    if config.mixed_precision == "auto" and acc.is_main_process:
+        log(f"mixed precision auto: {acc.mixed_precision} on {acc.device.type}")
     if acc.mixed_precision == "bf16" and acc.device.type == "cpu" and not cpu_has_bf16() and acc.is_main_process:
         log("mixed precision bf16 on a CPU without AVX512-BF16 or AMX: autocast emulates it, so steps are slower "
             "than fp32 here; leave --mixed-precision out")  # fmt: skip

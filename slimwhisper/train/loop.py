@@ -77,7 +77,9 @@ class TrainConfig:
     warmup: float = 0.0  # fraction of the steps with a linearly rising learning rate
     checkpoint_every: int | None = None  # steps between checkpoints (with a checkpoint folder)
     device: str = "cpu"  # "cpu" | "auto" (accelerate's choice: CUDA when present)
-    mixed_precision: str | None = None  # None: accelerate's setting (accelerate launch --mixed_precision) | no | bf16 | fp16
+    # None: accelerate's setting (accelerate launch --mixed_precision) | no | bf16 | fp16 | auto (bf16 where the
+    # device runs it natively: CPUs with AVX512-BF16/AMX, CUDA with bf16; else no; ``engine.resolve_precision``)
+    mixed_precision: str | None = None
     # Join consecutive drawn clips into windows of up to this many seconds (trainset.pack_utterances):
     # the encoder's cost is per 30 s window, so short clips waste most of each step. None: one clip per window.
     pack_seconds: float | None = None
@@ -111,8 +113,8 @@ class TrainConfig:
         problems += _int_problem("checkpoint_every", self.checkpoint_every, 1, True)
         if self.device not in ("cpu", "auto"):
             problems.append(f"train.device must be 'cpu' or 'auto' (accelerate picks CUDA when present), got {self.device!r}")
-        if self.mixed_precision not in (None, "no", "bf16", "fp16"):
-            problems.append(f"train.mixed_precision must be no, bf16 or fp16, got {self.mixed_precision!r}")
+        if self.mixed_precision not in (None, "no", "bf16", "fp16", "auto"):
+            problems.append(f"train.mixed_precision must be no, bf16, fp16 or auto, got {self.mixed_precision!r}")
         elif self.mixed_precision == "fp16" and self.device == "cpu":
             problems.append("train.mixed_precision fp16 needs a GPU (device auto under accelerate launch); on CPU use bf16 or no")
         if problem := pack_seconds_problem(self.pack_seconds, "train.pack_seconds"):
