@@ -20,6 +20,12 @@ def test_kd_ts_is_the_measured_recipe_on_the_given_data():
     assert RECOVERY_RECIPES["kd-ts"].config(["a.tsv"], threads=None).train.steps == 300  # the recipe's own
 
 
+def test_lw_ts_is_layerwise_then_distillation_in_native_bf16():
+    cfg = RECOVERY_RECIPES["lw-ts"].config(["a.tsv"], threads=1)
+    assert cfg.method.value == "layerwise" and cfg.layerwise_steps == 200 and cfg.timestamps == 0.5
+    assert (cfg.train.steps, cfg.train.mixed_precision, cfg.train.pack_seconds) == (600, "auto", 30.0)
+
+
 def test_a_recipe_that_cannot_make_a_valid_config_is_refused_at_registration():
     from slimwhisper.errors import UserError
 

@@ -93,7 +93,7 @@ def run(
                                                        "(default: the recipe's, else 32).")] = None,
     recover: Annotated[str | None, typer.Option(help="Recovery after pruning: finetune | lora | distill | layerwise "
                                                      "(trains on --calib; the dense model teaches), or a measured recipe: "
-                                                     "kd-ts (slimwhisper.train.recipes).")] = None,
+                                                     "kd-ts, lw-ts (slimwhisper.train.recipes).")] = None,
     recover_steps: Annotated[int | None, typer.Option(min=1, help="Recovery training steps (default: the trainer's).")] = None,
     threads: Annotated[int, typer.Option(min=1, help="Threads for every backend.")] = 2,
     repeat: Annotated[int, typer.Option(min=1, help="Timing passes after the warm-up.")] = 3,
