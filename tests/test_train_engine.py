@@ -69,7 +69,7 @@ def test_schedule_and_order_are_pure_functions_of_the_step():
 
 
 def test_bf16_on_cpu_autocasts_the_forward_and_keeps_fp32_weights():
-    # --mixed-precision bf16 on a CPU (1.6x per step on AVX512-BF16, experiments/train_step_speed.py):
+    # --mixed-precision bf16 on a CPU (1.5x per step on AVX512-BF16, experiments/train_step_speed.py):
     # the matmuls run in bf16 inside the engine's autocast, the weights and the update stay fp32
     seen = []
 

@@ -114,7 +114,7 @@ def resolve_precision(config: TrainConfig) -> str | None:
 def cpu_has_bf16() -> bool:
     """Native bf16 matmuls on this CPU (AVX512-BF16: AMD Zen 4, Intel Cooper Lake; AMX: Sapphire Rapids).
 
-    There bf16 autocast made one tiny.en distillation step 1.6x faster than fp32
+    There bf16 autocast made one tiny.en distillation step 1.5x faster than fp32
     (``experiments/train_step_speed.py``); elsewhere oneDNN emulates bf16 and it is slower.
     """
     probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # torch.cpu, private but stable since 2.3
