@@ -82,8 +82,8 @@ def main() -> None:
     ap.add_argument("--decodings", nargs="+", default=["greedy"], choices=list(DECODINGS),
                     help="greedy: no fallback (loops visible); whisper: openai-whisper's defaults (fallback, no-speech)")
     ap.add_argument("--evals", nargs="+", default=list(EVALS), choices=list(EVALS))
-    ap.add_argument("--mixed-precision", default=None, choices=["no", "bf16"],
-                    help="bf16: autocast the training forward (fp32 master weights); on CPUs with AVX512-BF16")
+    ap.add_argument("--mixed-precision", default=None, choices=["no", "bf16", "auto"],
+                    help="bf16: autocast the training forward (fp32 master weights); auto: bf16 where native")
     args = ap.parse_args()
 
     import torch

@@ -38,8 +38,10 @@ def main() -> None:
 
     import torch
 
+    from slimwhisper.compress.calib import IGNORE
     from slimwhisper.models import load_model
     from slimwhisper.train.distill import kd_loss
+    from slimwhisper.train.engine import cpu_has_bf16
     from slimwhisper.train.loop import pad_id_of
     from slimwhisper.train.teacher import collate_cached, load_item
 
@@ -75,11 +77,11 @@ def main() -> None:
         for name, dtype in modes.items():
             times[name].append(step(dtype))
     med = {m: statistics.median(t) for m, t in times.items()}
-    tokens = int((batch.targets != -100).sum())
+    tokens = int((batch.targets != IGNORE).sum())
     out = {"model": args.model, "batch": args.batch, "target_tokens": tokens, "threads": args.threads,
            "repeats": args.repeats, "step_s": {m: round(v, 3) for m, v in med.items()},
            "bf16_speedup": round(med["fp32"] / med["bf16"], 2),
-           "loadavg_1m": [round(load0, 2), round(os.getloadavg()[0], 2)], "avx512_bf16": bool(torch.cpu._is_avx512_bf16_supported())}  # fmt: skip
+           "loadavg_1m": [round(load0, 2), round(os.getloadavg()[0], 2)], "native_bf16": cpu_has_bf16()}  # fmt: skip
     print(f"{args.model}: batch {args.batch} windows of 30 s, {tokens} target tokens, {args.threads} thread(s), "
           f"median of {args.repeats}: fp32 {med['fp32']:.2f} s/step, bf16 autocast {med['bf16']:.2f} s/step "
           f"({out['bf16_speedup']:.2f}x); load average {load0:.2f} -> {os.getloadavg()[0]:.2f}")  # fmt: skip

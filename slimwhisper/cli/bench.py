@@ -14,13 +14,7 @@ import typer
 
 from slimwhisper.cli import EXIT_USAGE, app
 from slimwhisper.cli.compress import calib_config, choose_alloc
-from slimwhisper.cli.options import (
-    ForceOpt,
-    ModelOpt,
-    QuietOpt,
-    quiet_libraries,
-    say_fn,
-)
+from slimwhisper.cli.options import ForceOpt, ModelOpt, QuietOpt, quiet_libraries, say_fn
 
 
 @app.command()
@@ -140,11 +134,7 @@ def run(
 def _recover_config(method: str, calib: list[Path], n: int, steps: int | None, threads: int):
     from slimwhisper.train.loop import TrainConfig
     from slimwhisper.train.recipes import RECOVERY_RECIPES
-    from slimwhisper.train.recover_config import (
-        DEFAULT_LR,
-        RecoverConfig,
-        RecoverMethod,
-    )
+    from slimwhisper.train.recover_config import DEFAULT_LR, RecoverConfig, RecoverMethod
 
     if method in RECOVERY_RECIPES:  # a measured recipe: everything but the data, threads and --recover-steps
         return RECOVERY_RECIPES[method].config([str(c) for c in calib], threads, steps)

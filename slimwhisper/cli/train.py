@@ -155,11 +155,7 @@ def recover(
     from slimwhisper.models import load_model
     from slimwhisper.train.recover import recover as run_recover
     from slimwhisper.train.recover import save_recovered
-    from slimwhisper.train.recover_config import (
-        DEFAULT_LR,
-        RecoverConfig,
-        RecoverMethod,
-    )
+    from slimwhisper.train.recover_config import DEFAULT_LR, RecoverConfig, RecoverMethod
 
     train_cfg = _train_config(data, n, steps, epochs, lr or DEFAULT_LR.get(method, 1e-4), batch_size, seed, max_seconds,
                               threads, max_minutes=max_minutes, warmup=warmup, checkpoint_every=checkpoint_every,

@@ -34,13 +34,7 @@ from dataclasses import dataclass
 
 import torch
 
-from slimwhisper.compress.alloc_config import (
-    RATIO_KINDS,
-    AllocConfig,
-    AllocError,
-    Selector,
-    Threshold,
-)
+from slimwhisper.compress.alloc_config import RATIO_KINDS, AllocConfig, AllocError, Selector, Threshold
 from slimwhisper.compress.groups import Group
 from slimwhisper.compress.plan import PrunePlan
 from slimwhisper.spec import ArchSpec

@@ -40,13 +40,7 @@ from slimwhisper.compress.calib import IGNORE, Batch, CalibExample
 from slimwhisper.train.checkpoint import Checkpointing
 from slimwhisper.train.distill import kd_loss, layerwise_loss
 from slimwhisper.train.loop import TrainConfig, TrainResult, ce_loss, pad_id_of, train
-from slimwhisper.train.recover_config import (
-    PEFT_HINT,
-    TEACHER_METHODS,
-    RecoverConfig,
-    RecoverError,
-    RecoverMethod,
-)
+from slimwhisper.train.recover_config import PEFT_HINT, TEACHER_METHODS, RecoverConfig, RecoverError, RecoverMethod
 from slimwhisper.train.respell import in_model_ids
 from slimwhisper.train.teacher import TeacherConfig, build_cache, collate_cached
 
