@@ -72,6 +72,8 @@ def main() -> None:
     ap.add_argument("--temperature", type=float, default=2.0)
     ap.add_argument("--encoder-l2", type=float, default=1.0)
     ap.add_argument("--train-embeddings", action="store_true", help="also train the (tied) embeddings")
+    ap.add_argument("--cached-stem", action="store_true",
+                    help="oneshot+layerwise: end-to-end stage from the cached layer-0 input (conv stem frozen)")
     ap.add_argument("--timestamps", type=float, default=0.0,
                     help="share of the training windows distilled on the teacher's timestamped transcript")
     ap.add_argument("--warmup", type=float, default=0.1)
@@ -180,7 +182,8 @@ def main() -> None:
         c0 = time.process_time()
         cfg = RecoverConfig(method, train, layerwise_steps=args.layerwise_steps, distill_alpha=args.alpha,
                             distill_temperature=args.temperature, encoder_l2=args.encoder_l2,
-                            freeze_embeddings=not args.train_embeddings, timestamps=args.timestamps)
+                            freeze_embeddings=not args.train_embeddings, timestamps=args.timestamps,
+                            cached_stem=args.cached_stem and method == "layerwise")
         loaded = recover(load_model(str(pruned_dir)), cfg, teacher=dense, examples=items, progress=False)
         folder = save_recovered(loaded, work / name.replace("+", "_"), cfg, force=True)
         done(name, folder, loaded, time.process_time() - c0, train=loaded.extra["recovery"]["result"],

@@ -1,4 +1,4 @@
-"""One distillation step (forward + backward) in fp32 and under bf16 autocast, same batch, same run.
+"""One distillation step (forward + backward) in fp32, under bf16 autocast, and bf16 from the cached stem.
 
 Recovery on a CPU is bound by these steps (issue 10: 400 steps of ~7 s each at 1 thread for tiny.en
 at 35%). CPUs with AVX512-BF16 (AMD Zen 4, Intel Sapphire Rapids and later) run bf16 matmuls
@@ -7,7 +7,10 @@ fp32 (``distill.kd_loss`` casts the logits to float before the softmaxes), only 
 are rounded. This prints the per-step seconds of both (the median of ``--repeats`` steps after one
 warm-up each, alternating fp32 / bf16 so that a change in machine load hits both), their ratio, the
 thread count and the load average, as ``../shared/docs/benchmarking.md`` asks. Take the figure on
-a quiet machine.
+a quiet machine. The stem (two convolutions over 3,000 log-mel frames, never pruned) is trained by
+default; ``bf16_stem_frozen`` freezes it (no weight gradients for the convolutions), and
+``bf16_cached_stem`` (``RecoverConfig.cached_stem``) also skips its forward, starting the encoder
+from the cache's dense layer-0 input (the cache must hold per-layer states, as ``layerwise`` builds it).
 
     .venv/bin/python experiments/train_step_speed.py --model PRUNED --cache TEACHER_CACHE_FOLDER --threads 1
 
@@ -56,35 +59,40 @@ def main() -> None:
     loaded = load_model(args.model)
     batch = collate_cached([load_item(f, key) for f in files], pad_id_of(loaded))
     model = loaded.model.train()
-    loss_fn = kd_loss(2.0, 0.5, encoder_l2=1.0)
+    stem_params = [*model.model.encoder.conv1.parameters(), *model.model.encoder.conv2.parameters()]
 
-    def step(dtype) -> float:
+    def step(mode) -> float:
+        dtype, stem = mode  # stem: "trained" (recover's default), "frozen", "cached" (RecoverConfig.cached_stem)
+        for p in stem_params:
+            p.requires_grad_(stem == "trained")
         ctx = torch.autocast("cpu", dtype=dtype) if dtype is not None else nullcontext()
         t0 = time.perf_counter()
         with ctx:
-            loss, _ = loss_fn(model, batch)
+            loss, _ = kd_loss(2.0, 0.5, encoder_l2=1.0, cached_stem=stem == "cached")(model, batch)
         loss.backward()
         seconds = time.perf_counter() - t0
         model.zero_grad(set_to_none=True)
         return seconds
 
-    modes = {"fp32": None, "bf16": torch.bfloat16}
+    bf16 = torch.bfloat16
+    modes = {"fp32": (None, "trained"), "bf16": (bf16, "trained"), "bf16_stem_frozen": (bf16, "frozen"),
+             **({"bf16_cached_stem": (bf16, "cached")} if batch.hidden is not None else {})}  # fmt: skip
     times: dict[str, list[float]] = {m: [] for m in modes}
     load0 = os.getloadavg()[0]
-    for name, dtype in modes.items():
-        step(dtype)  # warm-up (oneDNN primitive creation)
+    for mode in modes.values():
+        step(mode)  # warm-up (oneDNN primitive creation)
     for _ in range(args.repeats):
-        for name, dtype in modes.items():
-            times[name].append(step(dtype))
+        for name, mode in modes.items():
+            times[name].append(step(mode))
     med = {m: statistics.median(t) for m, t in times.items()}
     tokens = int((batch.targets != IGNORE).sum())
     out = {"model": args.model, "batch": args.batch, "target_tokens": tokens, "threads": args.threads,
            "repeats": args.repeats, "step_s": {m: round(v, 3) for m, v in med.items()},
-           "bf16_speedup": round(med["fp32"] / med["bf16"], 2),
+           "speedup_over_fp32": {m: round(med["fp32"] / v, 2) for m, v in med.items()},
            "loadavg_1m": [round(load0, 2), round(os.getloadavg()[0], 2)], "native_bf16": cpu_has_bf16()}  # fmt: skip
     print(f"{args.model}: batch {args.batch} windows of 30 s, {tokens} target tokens, {args.threads} thread(s), "
-          f"median of {args.repeats}: fp32 {med['fp32']:.2f} s/step, bf16 autocast {med['bf16']:.2f} s/step "
-          f"({out['bf16_speedup']:.2f}x); load average {load0:.2f} -> {os.getloadavg()[0]:.2f}")  # fmt: skip
+          f"median of {args.repeats}: " + ", ".join(f"{m} {v:.2f} s/step ({med['fp32'] / v:.2f}x)" for m, v in med.items())
+          + f"; load average {load0:.2f} -> {os.getloadavg()[0]:.2f}")  # fmt: skip
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
 

@@ -49,6 +49,7 @@ def test_recover_lora_end_to_end(folders, tmp_path):
         (["--method", "distill"], "needs --teacher"),
         (["--method", "sgd"], "method must be one of"),
         (["--steps", "0"], "train.steps"),
+        (["--method", "finetune", "--cached-stem"], "only the layerwise method caches"),
     ],
 )
 def test_recover_bad_input_exits_2(folders, tmp_path, extra, message):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 from types import SimpleNamespace
 
 import numpy as np
@@ -134,6 +135,28 @@ def test_layerwise_trains_pruned_encoder_layers_and_refuses_decoder_only(teacher
     info = student.extra["recovery"]["result"]["layerwise"]
     assert info["layers"] == [0] and info["steps"] == 3 and "enc0" in info["last_logs"]
     assert student.spec == spec_from_model(student.model)
+
+
+def test_cached_stem_gives_the_encoders_loss_and_freezes_only_the_stem(teacher, cached):
+    _, _, items = cached
+    batch = collate_cached(items[:2], EOT)
+    with torch.no_grad():  # the cached dense layer-0 input stands in for the stem (fp16 rounding aside)
+        a, la = kd_loss(2.0, 0.5, encoder_l2=1.0, cached_stem=True)(teacher.model, batch)
+        b, _ = kd_loss(2.0, 0.5, encoder_l2=1.0)(teacher.model, batch)
+        silent = dataclasses.replace(batch, features=torch.zeros_like(batch.features))  # the log-mel is never read
+        c, _ = kd_loss(2.0, 0.5, encoder_l2=1.0, cached_stem=True)(teacher.model, silent)
+    assert float(a) == pytest.approx(float(b), rel=1e-2) and la["enc_l2"] < 1e-4 and float(c) == float(a)
+    student = _student(teacher, {"encoder.0.ffn.neuron.3", "decoder.0.ffn.neuron.1"})
+    stem = {k: v.clone() for k, v in student.model.model.encoder.state_dict().items() if k.startswith("conv")}
+    layer0 = student.model.model.encoder.layers[0].fc1.weight.clone()
+    cfg = RecoverConfig("layerwise", TrainConfig("unused", steps=2, batch_size=2, lr=1e-3), top_k=8, layerwise_steps=1,
+                        cached_stem=True)  # fmt: skip
+    recover(student, cfg, teacher=teacher, examples=items, progress=False, log=lambda _m: None)
+    assert all(torch.equal(student.model.model.encoder.state_dict()[k], v) for k, v in stem.items()) and stem
+    assert not torch.equal(student.model.model.encoder.layers[0].fc1.weight, layer0)
+    for bad, match in (({"method": "distill"}, "only the layerwise"), ({"spec_augment": True}, "never feeds")):
+        with pytest.raises(RecoverError, match=match):
+            RecoverConfig(**{"method": "layerwise", "train": TrainConfig("u"), "cached_stem": True, **bad})
 
 
 def test_imp_prunes_in_rounds_to_the_budget_with_the_same_total_steps(teacher, cached, tmp_path):

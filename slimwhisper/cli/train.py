@@ -132,6 +132,8 @@ def recover(
     timestamps: Annotated[float, typer.Option(min=0.0, max=1.0, help="distill/layerwise: share of the training clips "
                           "labelled with the teacher's timestamped transcript (users decode with timestamps).")] = 0.0,
     train_embeddings: Annotated[bool, typer.Option("--train-embeddings", help="Also train the token/positional embeddings (tied output projection); frozen by default.")] = False,
+    cached_stem: Annotated[bool, typer.Option("--cached-stem", help="layerwise: the end-to-end stage starts the encoder from the "
+                           "cached dense layer-0 input (conv stem frozen), skipping the stem's forward and backward.")] = False,
     warmup: WarmupOpt = 0.0,
     pack_seconds: PackOpt = None,
     max_minutes: MaxMinutesOpt = None,
@@ -164,7 +166,7 @@ def recover(
         method, train_cfg, lora_rank=lora_rank, lora_alpha=lora_alpha, distill_temperature=temperature, distill_alpha=alpha,
         top_k=top_k, decoder_only=decoder_only, encoder_l2=encoder_l2, layerwise_steps=layerwise_steps,
         layerwise_lr=layerwise_lr, spec_augment=spec_augment, freeze_embeddings=not train_embeddings,
-        timestamps=timestamps,
+        timestamps=timestamps, cached_stem=cached_stem,
     )  # fmt: skip
     _check_inputs(model, config.method.value, teacher, out, force, data)
     say = say_fn(quiet)

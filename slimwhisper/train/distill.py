@@ -10,7 +10,9 @@
 * **KD loss** = a * CE(pseudo-label) + (1 - a) * T^2 * KL + b * ||E_s - E_t||^2 / ||E_t||^2, the
   last term on the encoder output (FUTO acft-style feature distillation), relative so b is
   scale-free. With ``decoder_only`` the student's decoder reads the CACHED dense encoder output
-  and the encoder is never run (valid only when the student's encoder equals the teacher's).
+  and the encoder is never run (valid only when the student's encoder equals the teacher's). With
+  ``cached_stem`` the encoder starts at layer 0 from the cached dense layer-0 input (conv stem +
+  positions, never pruned, so the student's equals the teacher's while the stem is frozen).
 * **Layer-wise MSE**: encoder layer j of the student (source layer s) maps the cached dense input
   of layer s to the dense output of layer s: ||f_j(h_s) - h_{s+1}||^2 / ||h_{s+1}||^2, every
   pruned layer independently (their parameters are disjoint, so one summed loss trains each on
@@ -65,8 +67,18 @@ def relative_mse(x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return ((x.float() - target.float()).square().sum(dims) / target.float().square().sum(dims).clamp_min(1e-12)).mean()
 
 
+def encoder_from_stem(encoder, stem_out: torch.Tensor) -> torch.Tensor:
+    """The encoder's layers and final norm on a given layer-0 input (what ``WhisperEncoder.forward``
+    does after the stem; no dropout / layer drop: recovery trains with both at 0)."""
+    h = stem_out
+    for layer in encoder.layers:
+        out = layer(h, None)
+        h = out[0] if isinstance(out, tuple) else out
+    return encoder.layer_norm(h)
+
+
 def kd_loss(temperature: float, alpha: float, *, decoder_only: bool = False, encoder_l2: float = 0.0,
-            augment: bool = False) -> Callable:  # fmt: skip
+            augment: bool = False, cached_stem: bool = False) -> Callable:  # fmt: skip
     """loss_fn(model, CachedBatch) for the engine: a CE + (1 - a) T^2 KL_topk (+ b encoder L2)."""
 
     def loss_fn(model, batch):
@@ -75,8 +87,11 @@ def kd_loss(temperature: float, alpha: float, *, decoder_only: bool = False, enc
             logits = model(encoder_outputs=(batch.encoder_out,), decoder_input_ids=batch.inputs).logits
             feat = None
         else:
-            feats = spec_augment(batch.features) if augment else batch.features
-            enc = model.model.encoder(feats).last_hidden_state
+            if cached_stem:
+                enc = encoder_from_stem(model.model.encoder, batch.hidden[:, 0])
+            else:
+                feats = spec_augment(batch.features) if augment else batch.features
+                enc = model.model.encoder(feats).last_hidden_state
             logits = model(encoder_outputs=(enc,), decoder_input_ids=batch.inputs).logits
             feat = relative_mse(enc, batch.encoder_out) if encoder_l2 else None
         ce = F.cross_entropy(logits.float().flatten(0, 1), batch.targets.flatten(), ignore_index=IGNORE)

@@ -18,6 +18,9 @@ input -> output, 200 steps), then 600 steps of the ``kd-ts`` distillation with t
 L2, in bf16 where the CPU/GPU has it natively (``mixed_precision="auto"``). The teacher cache holds
 per-layer states (3.5 GB for 472 windows of tiny.en). tiny.en ``oneshot-35``, all 2,189 clips, 1
 thread, bf16: 60.3 CPU minutes, 6.20 / 4.44 greedy, 6.32 / 3.63 with timestamps (none looping).
+Seeds 1 and 2 (with ``cached_stem``, 43 CPU minutes each on a machine whose bf16 steps are faster):
+6.63 / 6.05 and 6.51 / 4.44 greedy, 6.39 / 4.03 and 6.51 / 3.23 with timestamps: the mean sits on
+ljspeech/dev's dense + 0.5 limit.
 """
 
 from __future__ import annotations

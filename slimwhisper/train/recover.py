@@ -48,13 +48,16 @@ if TYPE_CHECKING:
     from slimwhisper.models.api import LoadedModel
 
 EMBEDDINGS = ("embed_tokens", "embed_positions", "proj_out")
+STEM = ("model.encoder.conv1.", "model.encoder.conv2.")
 
 
-def trainable(model, config: RecoverConfig, *, skip_encoder: bool = False) -> list[torch.nn.Parameter]:
-    """The parameters a full-weight method trains: all, less the encoder (decoder-side recovery)
-    and, with ``freeze_embeddings``, less the token/positional embeddings and the tied projection."""
+def trainable(model, config: RecoverConfig, *, skip_encoder: bool = False, skip_stem: bool = False) -> list[torch.nn.Parameter]:
+    """The parameters a full-weight method trains: all, less the encoder (decoder-side recovery) or
+    its conv stem (``cached_stem``) and, with ``freeze_embeddings``, less the token/positional
+    embeddings and the tied projection."""
     return [p for name, p in model.named_parameters()  # named_parameters lists a tied tensor once
             if not (skip_encoder and name.startswith("model.encoder."))
+            and not (skip_stem and name.startswith(STEM))
             and not (config.freeze_embeddings and any(part in EMBEDDINGS for part in name.split(".")))]
 
 
@@ -197,13 +200,15 @@ def measure_speedup(ctx: Context, loss_dec) -> dict:
 
 def _kd(ctx: Context, decoder_only: bool, stage: str | None = None) -> TrainResult:
     cfg, model = ctx.config, ctx.loaded.model
+    stem = cfg.cached_stem and not decoder_only
     loss_fn = kd_loss(cfg.distill_temperature, cfg.distill_alpha, decoder_only=decoder_only,
-                      encoder_l2=0.0 if decoder_only else cfg.encoder_l2, augment=cfg.spec_augment and not decoder_only)  # fmt: skip
+                      encoder_l2=0.0 if decoder_only else cfg.encoder_l2, augment=cfg.spec_augment and not decoder_only,
+                      cached_stem=stem)  # fmt: skip
     if decoder_only:
         if cfg.spec_augment:
             ctx.log("spec_augment: not applied (the encoder is skipped; its input is never seen)")
         ctx.info["decoder_side"] = measure_speedup(ctx, loss_fn)
-    params = trainable(model, cfg, skip_encoder=decoder_only)
+    params = trainable(model, cfg, skip_encoder=decoder_only, skip_stem=stem)
     return ctx.run(stage, loss_fn=loss_fn, params=params)
 
 

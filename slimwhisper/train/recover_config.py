@@ -54,6 +54,10 @@ class RecoverConfig:
     # lr 2e-4 with them trainable: ljspeech/dev WER 7.50% -> 17.42% while the training loss fell.
     freeze_embeddings: bool = True
     timestamps: float = 0.0  # TeacherConfig.timestamps: share of clips distilled on timestamped transcripts
+    # End-to-end stage of ``layerwise``: start the student's encoder from the teacher's CACHED layer-0
+    # input (conv stem + positions, which pruning never touches) instead of the log-mel, the stem frozen.
+    # Saves the stem's forward and backward (two convolutions over 3,000 frames) in every step.
+    cached_stem: bool = False
 
     def __post_init__(self) -> None:
         problems = []
@@ -93,6 +97,12 @@ class RecoverConfig:
         elif self.timestamps and self.method not in TEACHER_METHODS:
             problems.append(f"timestamps (timestamped teacher transcripts) needs a teacher method "
                             f"({', '.join(m.value for m in TEACHER_METHODS)}), not {self.method.value}")
+        if self.cached_stem not in (True, False):
+            problems.append(f"cached_stem must be true or false, got {self.cached_stem!r}")
+        elif self.cached_stem and self.method is not RecoverMethod.LAYERWISE:
+            problems.append("cached_stem reads the per-layer teacher states, which only the layerwise method caches")
+        elif self.cached_stem and self.spec_augment:
+            problems.append("spec_augment masks the log-mel input, which cached_stem never feeds to the encoder")
         if self.decoder_only is True and self.spec_augment:
             problems.append("spec_augment masks the encoder's input; with decoder_only the encoder is skipped")
         if problems:
@@ -115,6 +125,7 @@ class RecoverConfig:
             "spec_augment": self.spec_augment,
             "freeze_embeddings": self.freeze_embeddings,
             **({"timestamps": self.timestamps} if self.timestamps else {}),  # absent at 0: older configs resume
+            **({"cached_stem": True} if self.cached_stem else {}),
         }
 
 
