@@ -116,7 +116,7 @@ def evaluate_row(row: dict, load, args) -> bool:
 
 def prune_variant(model: str, v: Variant, target: float, args, out: Path):
     from slimwhisper.compress import AllocConfig, CalibConfig, PruneConfig, ScoreConfig, prune
-    from slimwhisper.compress.reconstruct import ReconstructConfig
+    from slimwhisper.compress.reconstruct_config import ReconstructConfig
     from slimwhisper.compress.sensalloc import SensAllocConfig
     from slimwhisper.compress.stats import StatsConfig
 

@@ -98,7 +98,7 @@ def main() -> None:
         ScoreConfig,
         prune,
     )
-    from slimwhisper.compress.reconstruct import ReconstructConfig
+    from slimwhisper.compress.reconstruct_config import ReconstructConfig
     from slimwhisper.compress.stats import StatsConfig
     from slimwhisper.models import load_model
     from slimwhisper.models.slimdir import save_slim

@@ -15,7 +15,8 @@ from slimwhisper.compress.calib import prepare
 from slimwhisper.compress.gramscores import consumer_columns
 from slimwhisper.compress.groups import GroupSpace, enumerate_groups
 from slimwhisper.compress.plan import PrunePlan
-from slimwhisper.compress.reconstruct import ReconstructConfig, ReconstructError, reconstruct_prune
+from slimwhisper.compress.reconstruct import reconstruct_prune
+from slimwhisper.compress.reconstruct_config import ReconstructConfig, ReconstructError
 from slimwhisper.compress.scores import score_groups
 from slimwhisper.compress.sensalloc import SensAllocConfig
 from slimwhisper.compress.solve import cv_damp, heldout_error, obs_saliency, refit, removal_path

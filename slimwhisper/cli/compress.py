@@ -223,7 +223,7 @@ def prune(
     alloc, score_cfg, recipe_reconstruct = (choose_alloc(recipe, plan, score, options_alloc) if structured or vocab_cfg is None
                                             else (None, ScoreConfig(score or "magnitude"), None))  # fmt: skip
     if reconstruct is not None or recipe_reconstruct is None:
-        from slimwhisper.compress.reconstruct import ReconstructConfig
+        from slimwhisper.compress.reconstruct_config import ReconstructConfig
 
         rec = ReconstructConfig(method=reconstruct or "none", damp=damp, sequential=sequential, damp_grid=tuple(damp_grid or ()))
     else:

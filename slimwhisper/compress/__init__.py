@@ -10,12 +10,13 @@ from slimwhisper.compress.allocate import Allocation, allocate
 from slimwhisper.compress.calib import CalibConfig, CalibError, CalibExample, example_loss, prepare
 from slimwhisper.compress.groups import Group, GroupSpace, ParamSlice, enumerate_groups
 from slimwhisper.compress.plan import PlanError, PrunePlan, PruneRecord
-from slimwhisper.compress.prune import PruneConfig, PruneError, PruneResult, prune
-from slimwhisper.compress.reconstruct import RECONSTRUCTORS, ReconstructConfig, ReconstructError
-from slimwhisper.compress.recipes import RECIPES, Recipe, get_recipe, register_recipe
 # Importing the package registers every score: gradient scores in ``scores``, Gram scores
-# (obs, flap, wanda) in ``gramscores`` (a submodule import always runs this file first).
+# (obs, flap, wanda) in ``gramscores`` (a submodule import always runs this file first). Before
+# ``prune`` and ``recipes``: their recipes name these scores at import.
 from slimwhisper.compress import gramscores  # noqa: F401
+from slimwhisper.compress.prune import PruneConfig, PruneError, PruneResult, prune
+from slimwhisper.compress.reconstruct_config import RECONSTRUCTORS, ReconstructConfig, ReconstructError
+from slimwhisper.compress.recipes import RECIPES, Recipe, get_recipe, register_recipe
 from slimwhisper.compress.scores import SCORES, Normalize, ScoreConfig, ScoreError, register_score, score_groups
 from slimwhisper.compress.sensitivity import SensitivityConfig, SensitivityRow, run_sensitivity, sensitivity_table
 from slimwhisper.compress.sensconfig import SensAllocConfig

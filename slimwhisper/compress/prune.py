@@ -24,7 +24,7 @@ from slimwhisper.compress.budget import LatencyBudget
 from slimwhisper.compress.calib import CalibConfig, prepare
 from slimwhisper.compress.groups import enumerate_groups
 from slimwhisper.compress.plan import PrunePlan, PruneRecord
-from slimwhisper.compress.reconstruct import ReconstructConfig
+from slimwhisper.compress.reconstruct_config import ReconstructConfig
 from slimwhisper.compress.scores import ScoreConfig, score_groups
 from slimwhisper.compress.stats import StatsConfig
 from slimwhisper.compress.vocab import VocabConfig

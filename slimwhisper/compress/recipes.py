@@ -47,7 +47,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from slimwhisper.compress.alloc_config import AllocConfig, Threshold
-from slimwhisper.compress.reconstruct import ReconstructConfig
+from slimwhisper.compress.reconstruct_config import ReconstructConfig
 from slimwhisper.compress.scores import ScoreConfig
 from slimwhisper.compress.sensconfig import SensAllocConfig
 from slimwhisper.errors import UserError

@@ -61,12 +61,10 @@ from slimwhisper.compress import stats as S
 from slimwhisper.compress.gramscores import consumer_columns
 from slimwhisper.compress.groups import Group, GroupSpace, enumerate_groups, zero_groups
 from slimwhisper.compress.plan import PrunePlan
-from slimwhisper.compress.reconstruct_config import (  # noqa: F401  (re-exported: the stage's public names)
+from slimwhisper.compress.reconstruct_config import (
     RECONSTRUCTORS,
-    TARGETS,
     ReconstructConfig,
     ReconstructError,
-    register_reconstructor,
 )
 from slimwhisper.compress.solve import cv_damp, full_refit, removal_path
 from slimwhisper.errors import raise_problems

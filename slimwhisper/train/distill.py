@@ -67,13 +67,17 @@ def relative_mse(x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return ((x.float() - target.float()).square().sum(dims) / target.float().square().sum(dims).clamp_min(1e-12)).mean()
 
 
+def _layer(layer, h: torch.Tensor) -> torch.Tensor:
+    out = layer(h, None)  # (hidden, attention mask); older transformers return a tuple
+    return out[0] if isinstance(out, tuple) else out
+
+
 def encoder_from_stem(encoder, stem_out: torch.Tensor) -> torch.Tensor:
     """The encoder's layers and final norm on a given layer-0 input (what ``WhisperEncoder.forward``
     does after the stem; no dropout / layer drop: recovery trains with both at 0)."""
     h = stem_out
     for layer in encoder.layers:
-        out = layer(h, None)
-        h = out[0] if isinstance(out, tuple) else out
+        h = _layer(layer, h)
     return encoder.layer_norm(h)
 
 
@@ -113,9 +117,7 @@ def layerwise_loss(pairs: list[tuple[int, int]]) -> Callable:
         layers = model.model.encoder.layers
         total, logs = 0.0, {}
         for j, s in pairs:
-            out = layers[j](batch.hidden[:, s], None)
-            out = out[0] if isinstance(out, tuple) else out
-            term = relative_mse(out, batch.hidden[:, s + 1])
+            term = relative_mse(_layer(layers[j], batch.hidden[:, s]), batch.hidden[:, s + 1])
             total = total + term
             logs[f"enc{j}"] = float(term.detach())
         return total, logs
